@@ -1,0 +1,53 @@
+#include "core/mixing.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+
+namespace saddle::mixing {
+
+Coefficients gossip_coefficients(const topology::Row& row, double gamma, bool snapshot) {
+  Coefficients k;
+  double total = 0.0;
+  for (const auto& e : row.in) {
+    k.b.push_back(gamma * e.weight);
+    total += e.weight;
+  }
+  if (snapshot) {
+    k.a = 1.0;
+    k.c = -gamma * total;
+  } else {
+    k.a = 1.0 - gamma * total;
+    k.c = 0.0;
+  }
+  return k;
+}
+
+template <typename T>
+void mix(T* x, const T* s, const T* const* y, const Coefficients& k, size_t begin, size_t end) {
+  SADDLE_CHECK(x != nullptr && begin <= end, "bad range [", begin, ", ", end, ")");
+  constexpr size_t kBlock = 2048;
+  const T a = static_cast<T>(k.a), c = static_cast<T>(k.c);
+  for (size_t lo = begin; lo < end; lo += kBlock) {
+    const size_t hi = std::min(end, lo + kBlock);
+    T* __restrict xb = x + lo;
+    const size_t len = hi - lo;
+    if (s != nullptr && c != T(0)) {
+      const T* __restrict sb = s + lo;
+      for (size_t i = 0; i < len; ++i) xb[i] = a * xb[i] + c * sb[i];
+    } else if (a != T(1)) {
+      for (size_t i = 0; i < len; ++i) xb[i] = a * xb[i];
+    }
+    for (size_t j = 0; j < k.b.size(); ++j) {
+      const T bj = static_cast<T>(k.b[j]);
+      const T* __restrict yb = y[j] + lo;
+      for (size_t i = 0; i < len; ++i) xb[i] += bj * yb[i];
+    }
+  }
+}
+
+template void mix<float>(float*, const float*, const float* const*, const Coefficients&, size_t, size_t);
+template void mix<double>(double*, const double*, const double* const*, const Coefficients&, size_t,
+                          size_t);
+
+}  // namespace saddle::mixing

@@ -1,0 +1,27 @@
+// Gossip mixing on raw buffers: the arithmetic of one round, independent of transport and torch.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "core/topology/topology.h"
+
+namespace saddle::mixing {
+
+// x ← a·x + c·s + Σ_j b[j]·y[j]  (s optional).
+struct Coefficients {
+  double a = 1.0;
+  double c = 0.0;
+  std::vector<double> b;  // one per in-edge of the row, in the row's order
+};
+
+// Coefficients of x ← x + γ Σ_j w_ij (y_j − base), where base is x itself (snapshot=false) or the
+// snapshot s of x taken when the round started (snapshot=true, x may have moved since).
+Coefficients gossip_coefficients(const topology::Row& row, double gamma, bool snapshot);
+
+// Applies the coefficients to elements [begin, end). `y` holds one pointer per coefficient in b.
+// Blocked so x stays in cache across the neighbour terms; safe to call on disjoint ranges in parallel.
+template <typename T>
+void mix(T* x, const T* s, const T* const* y, const Coefficients& k, size_t begin, size_t end);
+
+}  // namespace saddle::mixing
