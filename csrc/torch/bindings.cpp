@@ -1,0 +1,106 @@
+// Registration only: every function bound here is implemented in a topic file of csrc/torch or core.
+#include <torch/extension.h>
+
+#include "core/topology/generators.h"
+#include "torch/errors.h"
+#include "torch/gossip_engine.h"
+#include "torch/topology_ops.h"
+
+namespace py = pybind11;
+using saddle::topology::Topology;
+using saddle::topology::parse_weights;
+namespace st = saddle::torch_ext;
+
+namespace {
+
+using TopologyPtr = std::shared_ptr<Topology>;
+
+template <typename F>
+TopologyPtr make(F&& f) {
+  return std::make_shared<Topology>(f());
+}
+
+void bind_topology(py::module_& m) {
+  py::class_<Topology, TopologyPtr>(m, "Topology")
+      .def_property_readonly("name", &Topology::name)
+      .def_property_readonly("size", &Topology::size)
+      .def_property_readonly("period", &Topology::period)
+      .def_property_readonly("symmetric", &Topology::symmetric)
+      .def("neighbors", &Topology::neighbors, py::arg("rank"), py::arg("step") = 0)
+      .def("in_edges", &st::in_edges, py::arg("rank"), py::arg("step") = 0)
+      .def("out_neighbors",
+           [](const Topology& t, int rank, int64_t step) { return t.row(rank, step).out; },
+           py::arg("rank"), py::arg("step") = 0)
+      .def("self_weight",
+           [](const Topology& t, int rank, int64_t step) { return t.row(rank, step).self_weight; },
+           py::arg("rank"), py::arg("step") = 0)
+      .def("mixing_matrix", &st::mixing_matrix_tensor, py::arg("step") = 0)
+      .def("spectral_gap", &Topology::spectral_gap);
+
+  namespace tp = saddle::topology;
+  m.def("ring", [](int n, const std::string& w) { return make([&] { return tp::ring(n, parse_weights(w)); }); });
+  m.def("torus", [](int r, int c, const std::string& w) {
+    return make([&] { return tp::torus(r, c, parse_weights(w)); });
+  });
+  m.def("exponential",
+        [](int n, const std::string& w) { return make([&] { return tp::exponential(n, parse_weights(w)); }); });
+  m.def("one_peer_exponential", [](int n) { return make([&] { return tp::one_peer_exponential(n); }); });
+  m.def("fully_connected", [](int n, const std::string& w) {
+    return make([&] { return tp::fully_connected(n, parse_weights(w)); });
+  });
+  m.def("star", [](int n, const std::string& w) { return make([&] { return tp::star(n, parse_weights(w)); }); });
+  m.def("random_regular", [](int n, int d, uint64_t seed, const std::string& w) {
+    return make([&] { return tp::random_regular(n, d, seed, parse_weights(w)); });
+  });
+  m.def("from_undirected", [](const std::string& name, const std::vector<std::vector<int>>& adj,
+                              const std::string& w) {
+    return make([&] { return tp::from_undirected(name, adj, parse_weights(w)); });
+  });
+  m.def("from_matrix", &st::topology_from_tensor);
+}
+
+void bind_engine(py::module_& m) {
+  py::class_<st::Round, std::shared_ptr<st::Round>>(m, "Round").def("done", &st::Round::done);
+
+  py::class_<st::GossipEngine, std::shared_ptr<st::GossipEngine>>(m, "GossipEngine")
+      .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& backend, TopologyPtr topology,
+                       double timeout_seconds) {
+             st::EngineOptions options;
+             options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000.0));
+             return std::make_shared<st::GossipEngine>(backend, std::move(topology), options);
+           }),
+           py::arg("backend"), py::arg("topology"), py::arg("timeout_seconds"))
+      .def_property_readonly("rank", &st::GossipEngine::rank)
+      .def_property_readonly("size", &st::GossipEngine::size)
+      .def("set_topology", &st::GossipEngine::set_topology)
+      .def("topology", &st::GossipEngine::topology)
+      .def(
+          "start",
+          [](st::GossipEngine& e, const at::Tensor& x, int64_t step, double gamma, bool snapshot) {
+            return e.start(x, st::RoundOptions{step, gamma, snapshot});
+          },
+          py::arg("tensor"), py::arg("step"), py::arg("gamma") = 1.0, py::arg("snapshot") = false,
+          py::call_guard<py::gil_scoped_release>())
+      .def("finish", &st::GossipEngine::finish, py::call_guard<py::gil_scoped_release>())
+      .def("stats",
+           [](const st::GossipEngine& e) {
+             const st::EngineStats s = e.stats();
+             py::dict d;
+             d["bytes_sent"] = s.bytes_sent;
+             d["bytes_received"] = s.bytes_received;
+             d["rounds"] = s.rounds;
+             d["wait_seconds"] = s.wait_seconds;
+             d["transfer_seconds"] = s.transfer_seconds;
+             return d;
+           })
+      .def("reset_stats", &st::GossipEngine::reset_stats);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "saddle_torch native extension (import it only through saddle_torch._ops)";
+  py::register_exception<st::PeerError>(m, "PeerError", PyExc_RuntimeError);
+  bind_topology(m);
+  bind_engine(m);
+}

@@ -1,0 +1,240 @@
+#include "torch/gossip_engine.h"
+
+#include <ATen/Parallel.h>
+
+#include <sstream>
+
+#include "core/check.h"
+#include "core/mixing.h"
+#include "torch/errors.h"
+
+namespace saddle::torch_ext {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Tags of gossip messages live above the range users typically pick for their own send/recv.
+constexpr uint32_t kTagBase = 0x20000000u;
+constexpr uint32_t kTagSpan = 0x10000000u;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+template <typename T>
+void mix_typed(at::Tensor& x, const at::Tensor* snapshot,
+               const std::vector<at::Tensor>& received, const mixing::Coefficients& k) {
+  T* xp = x.data_ptr<T>();
+  const T* sp = snapshot ? snapshot->data_ptr<T>() : nullptr;
+  std::vector<const T*> ys;
+  ys.reserve(received.size());
+  for (const auto& r : received) ys.push_back(r.data_ptr<T>());
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    mixing::mix<T>(xp, sp, ys.data(), k, static_cast<size_t>(begin), static_cast<size_t>(end));
+  });
+}
+
+// Reduced-precision dtypes: the same arithmetic with ATen ops.
+void mix_aten(at::Tensor& x, const at::Tensor* snapshot, const std::vector<at::Tensor>& received,
+              const mixing::Coefficients& k) {
+  if (snapshot != nullptr && k.c != 0.0) {
+    x.add_(*snapshot, k.c);
+  } else if (k.a != 1.0) {
+    x.mul_(k.a);
+  }
+  for (size_t j = 0; j < received.size(); ++j) x.add_(received[j], k.b[j]);
+}
+
+}  // namespace
+
+bool Round::done() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+GossipEngine::GossipEngine(c10::intrusive_ptr<c10d::Backend> backend,
+                           std::shared_ptr<topology::Topology> topology, EngineOptions options)
+    : backend_(std::move(backend)), options_(options) {
+  SADDLE_CHECK_ARG(backend_, "GossipEngine needs a process-group backend, got None");
+  SADDLE_CHECK_ARG(options_.timeout.count() > 0, "timeout must be positive");
+  rank_ = backend_->getRank();
+  size_ = backend_->getSize();
+  set_topology(std::move(topology));
+  worker_ = std::thread([this] { worker_loop(); });
+}
+
+GossipEngine::~GossipEngine() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stop_ = true;
+  }
+  queue_cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!broken_reason_.empty()) {
+    // A failed Gloo transport may still write into these buffers: never free them.
+    new std::vector<std::shared_ptr<Round>>(std::move(graveyard_));
+  }
+}
+
+void GossipEngine::set_topology(std::shared_ptr<topology::Topology> topology) {
+  SADDLE_CHECK_ARG(topology != nullptr, "topology must not be None");
+  SADDLE_CHECK_ARG(topology->size() == size_, "topology '", topology->name(), "' has ",
+                   topology->size(), " ranks but the process group has ", size_);
+  std::lock_guard<std::mutex> lock(mu_);
+  topology_ = std::move(topology);
+}
+
+std::shared_ptr<topology::Topology> GossipEngine::topology() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return topology_;
+}
+
+void GossipEngine::raise_broken() const {
+  throw PeerError("saddle_torch: the gossip engine of rank " + std::to_string(rank_) +
+                  " failed earlier and the process group is unusable: " + broken_reason_);
+}
+
+std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptions& options) {
+  SADDLE_CHECK_ARG(x.defined(), "gossip needs a tensor, got an undefined one");
+  SADDLE_CHECK_ARG(x.device().is_cpu(), "the gossip engine works on CPU tensors, got ", x.device());
+  SADDLE_CHECK_ARG(x.layout() == at::kStrided && x.is_contiguous(),
+                   "the gossip engine needs a dense contiguous tensor");
+  SADDLE_CHECK_ARG(at::isFloatingType(x.scalar_type()),
+                   "gossip averages floating-point tensors, got ", x.scalar_type());
+  SADDLE_CHECK_ARG(options.step >= 0, "step must be non-negative, got ", options.step);
+
+  auto round = std::make_shared<Round>();
+  std::shared_ptr<topology::Topology> topo;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!broken_reason_.empty()) raise_broken();
+    topo = topology_;
+    round->tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
+    ++next_tag_;
+  }
+  round->x_ = x;
+  round->options_ = options;
+  round->row_ = topo->row(rank_, options.step);
+  round->sent_ = options.snapshot ? x.clone() : x;
+  round->received_.reserve(round->row_.in.size());
+  for (const auto& e : round->row_.in) {
+    round->received_.push_back(at::empty_like(x));
+    std::vector<at::Tensor> buf{round->received_.back()};
+    round->recvs_.push_back(backend_->recv(buf, e.peer, round->tag_));
+  }
+  // Receives are posted before sends, and nobody waits before everything is posted: no deadlock.
+  for (int peer : round->row_.out) {
+    std::vector<at::Tensor> buf{round->sent_};
+    round->sends_.push_back(backend_->send(buf, peer, round->tag_));
+  }
+  round->posted_ = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    queue_.push_back(round);
+  }
+  queue_cv_.notify_one();
+  return round;
+}
+
+void GossipEngine::worker_loop() {
+  for (;;) {
+    std::shared_ptr<Round> round;
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ and nothing left to wait for
+      round = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    wait_round(*round);
+  }
+}
+
+void GossipEngine::wait_round(Round& round) {
+  const auto deadline = round.posted_ + options_.timeout;
+  std::string error;
+  auto wait_one = [&](c10d::Work& work, const char* what, int peer) {
+    const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    // kNoTimeout is 0 ms in c10d: never pass it by accident.
+    const auto budget = std::max(remaining, std::chrono::milliseconds(1));
+    try {
+      work.wait(budget);
+    } catch (const std::exception& e) {
+      if (!error.empty()) return;
+      std::ostringstream msg;
+      msg << "rank " << rank_ << ": gossip " << what << " with neighbour " << peer << " failed (step "
+          << round.options_.step << ", timeout " << options_.timeout.count() / 1000.0
+          << " s): the neighbour died, stalled or closed its connection. Transport said: " << e.what();
+      error = msg.str();
+    }
+  };
+  for (size_t j = 0; j < round.recvs_.size(); ++j) wait_one(*round.recvs_[j], "recv", round.row_.in[j].peer);
+  for (size_t j = 0; j < round.sends_.size(); ++j) wait_one(*round.sends_[j], "send", round.row_.out[j]);
+  const double transfer = seconds_since(round.posted_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.transfer_seconds += transfer;
+  }
+  {
+    std::lock_guard<std::mutex> lock(round.mu_);
+    round.error_ = std::move(error);
+    round.done_ = true;
+  }
+  round.cv_.notify_all();
+}
+
+void GossipEngine::finish(const std::shared_ptr<Round>& round) {
+  SADDLE_CHECK_ARG(round != nullptr, "finish() needs the handle that start() returned");
+  const auto t0 = Clock::now();
+  {
+    std::unique_lock<std::mutex> lock(round->mu_);
+    SADDLE_CHECK_ARG(!round->finished_, "this gossip round was already finished");
+    round->cv_.wait(lock, [&] { return round->done_; });
+    round->finished_ = true;
+  }
+  const double blocked = seconds_since(t0);
+  if (!round->error_.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (broken_reason_.empty()) broken_reason_ = round->error_;
+    graveyard_.push_back(round);
+    stats_.wait_seconds += blocked;
+    throw PeerError("saddle_torch: " + round->error_);
+  }
+  SADDLE_CHECK_ARG(round->x_.sizes() == round->sent_.sizes(),
+                   "the tensor was resized between start() and finish()");
+  const mixing::Coefficients k =
+      mixing::gossip_coefficients(round->row_, round->options_.gamma, round->options_.snapshot);
+  const at::Tensor* snapshot = round->options_.snapshot ? &round->sent_ : nullptr;
+  switch (round->x_.scalar_type()) {
+    case at::kFloat:
+      mix_typed<float>(round->x_, snapshot, round->received_, k);
+      break;
+    case at::kDouble:
+      mix_typed<double>(round->x_, snapshot, round->received_, k);
+      break;
+    default:
+      mix_aten(round->x_, snapshot, round->received_, k);
+  }
+  const int64_t nbytes = static_cast<int64_t>(round->x_.nbytes());
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.bytes_sent += nbytes * static_cast<int64_t>(round->row_.out.size());
+  stats_.bytes_received += nbytes * static_cast<int64_t>(round->row_.in.size());
+  stats_.rounds += 1;
+  stats_.wait_seconds += blocked;
+  round->received_.clear();
+  round->sent_ = at::Tensor();
+  round->x_ = at::Tensor();
+}
+
+EngineStats GossipEngine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void GossipEngine::reset_stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_ = EngineStats{};
+}
+
+}  // namespace saddle::torch_ext

@@ -1,0 +1,114 @@
+// Neighbour gossip over a torch.distributed Gloo group, driven from C++.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/topology/topology.h"
+
+namespace saddle::torch_ext {
+
+struct EngineOptions {
+  // How long a round may wait for any one neighbour before the engine gives up (PeerError).
+  std::chrono::milliseconds timeout{std::chrono::seconds(300)};
+};
+
+struct RoundOptions {
+  int64_t step = 0;       // selects the phase of a time-varying topology
+  double gamma = 1.0;     // x ← x + γ Σ_j w_ij (x_j − x)
+  bool snapshot = false;  // copy x at start, so the caller may modify x before finish()
+};
+
+struct EngineStats {
+  int64_t bytes_sent = 0;
+  int64_t bytes_received = 0;
+  int64_t rounds = 0;
+  double wait_seconds = 0.0;      // time callers spent blocked in finish()
+  double transfer_seconds = 0.0;  // time from posting a round to its last message, summed
+};
+
+// One in-flight round. Created by GossipEngine::start, completed by GossipEngine::finish.
+class Round {
+ public:
+  bool done();  // true once every message of the round has arrived (or failed)
+
+ private:
+  friend class GossipEngine;
+  at::Tensor x_;
+  at::Tensor sent_;  // x_ itself, or its snapshot
+  std::vector<at::Tensor> received_;
+  topology::Row row_;
+  RoundOptions options_;
+  int tag_ = 0;
+  std::vector<c10::intrusive_ptr<c10d::Work>> sends_, recvs_;
+  std::chrono::steady_clock::time_point posted_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  bool finished_ = false;
+  std::string error_;
+};
+
+class GossipEngine {
+ public:
+  // `backend` is the Gloo backend of the group torch.distributed created; `rank` is this process's
+  // rank in it. Starts one worker thread.
+  GossipEngine(c10::intrusive_ptr<c10d::Backend> backend,
+               std::shared_ptr<topology::Topology> topology, EngineOptions options);
+  ~GossipEngine();
+  GossipEngine(const GossipEngine&) = delete;
+  GossipEngine& operator=(const GossipEngine&) = delete;
+
+  void set_topology(std::shared_ptr<topology::Topology> topology);
+  std::shared_ptr<topology::Topology> topology() const;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  // Posts every send and receive of one round to the neighbours of `step` and returns at once.
+  // Every rank must start its rounds in the same order (as for collectives). Raises PeerError if an
+  // earlier round failed: after a transport failure the group is unusable.
+  std::shared_ptr<Round> start(const at::Tensor& x, const RoundOptions& options);
+  // Waits for the round and mixes in place: x ← x + γ Σ_j w_ij (x_j − base), base = x, or the
+  // snapshot taken at start. Raises PeerError naming the neighbour that failed or timed out.
+  void finish(const std::shared_ptr<Round>& round);
+
+  EngineStats stats() const;
+  void reset_stats();
+
+ private:
+  void worker_loop();
+  void wait_round(Round& round);
+  [[noreturn]] void raise_broken() const;
+
+  c10::intrusive_ptr<c10d::Backend> backend_;
+  EngineOptions options_;
+  int rank_ = 0;
+  int size_ = 1;
+
+  mutable std::mutex mu_;  // guards topology_, stats_, broken_reason_, graveyard_, next_tag_
+  std::shared_ptr<topology::Topology> topology_;
+  EngineStats stats_;
+  std::string broken_reason_;
+  // Rounds whose buffers a failed transport may still write into: kept alive on purpose.
+  std::vector<std::shared_ptr<Round>> graveyard_;
+  uint32_t next_tag_ = 0;
+
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<std::shared_ptr<Round>> queue_;
+  bool stop_ = false;
+  std::thread worker_;
+};
+
+}  // namespace saddle::torch_ext

@@ -1,0 +1,239 @@
+"""saddle_torch: sharpness-aware decentralized training for PyTorch, gossip over Gloo.
+
+Launch with ``torchrun``, call :func:`init`, and average with graph neighbours instead of all-reduce::
+
+    import saddle_torch as st
+    st.init(topology="ring")
+    x = st.neighbor_average(x)        # x_i ← Σ_j w_ij x_j over i's neighbours
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from saddle_torch import topology
+from saddle_torch import topology as _topology
+from saddle_torch.context import GossipContext, GossipHandle, current, set_current
+from saddle_torch.errors import MismatchError, PeerError
+from saddle_torch.flat import FlatParameters
+
+__version__ = "0.1.0"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(
+    topology: str | _topology.Topology | Any = "ring",
+    timeout: timedelta = timedelta(seconds=300),
+    weights: str = "uniform",
+    process_group: dist.ProcessGroup | None = None,
+) -> GossipContext:
+    """Initialise saddle_torch on every rank (collective).
+
+    Reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and creates
+    the Gloo process group when none exists; without that environment it starts a world of one.
+
+    Args:
+        topology: a name (``"ring"``, ``"exponential"``, ``"one_peer_exponential"``, ``"torus"``,
+            ``"fully_connected"``, ``"star"``, ``"random_regular:<d>[:<seed>]"``), a :class:`Topology`,
+            a user graph (adjacency list/dict, networkx graph) or a mixing-matrix tensor.
+        timeout: how long a gossip round (and the group's collectives) may wait for a neighbour before
+            raising :class:`PeerError`.
+        weights: ``"uniform"`` or ``"metropolis"`` for topologies given by name or graph.
+        process_group: use this group instead of the default one (it needs a CPU/Gloo backend).
+
+    Returns:
+        The :class:`GossipContext` now installed as the default.
+
+    Raises:
+        ValueError: an invalid topology, or one whose size differs from the world.
+    """
+    if process_group is None:
+        if not dist.is_initialized():
+            if "RANK" not in os.environ:
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", str(_free_port()))
+                dist.init_process_group("gloo", rank=0, world_size=1, timeout=timeout)
+            else:
+                dist.init_process_group("gloo", timeout=timeout)
+        process_group = dist.group.WORLD
+        try:
+            process_group._get_backend(torch.device("cpu"))
+        except (RuntimeError, ValueError):
+            process_group = dist.new_group(backend="gloo", timeout=timeout)
+    size = dist.get_world_size(process_group)
+    topo = _topology.resolve(topology, size, weights)
+    ctx = GossipContext(process_group, topo, timeout)
+    set_current(ctx)
+    return ctx
+
+
+def shutdown() -> None:
+    """Drop the default context (the process group stays; destroy it with torch.distributed)."""
+    set_current(None)
+
+
+def is_initialized() -> bool:
+    """Whether :func:`init` has been called."""
+    from saddle_torch import context
+
+    return context._current is not None
+
+
+def rank() -> int:
+    """This process's rank in the gossip group."""
+    return current().rank
+
+
+def size() -> int:
+    """Number of ranks in the gossip group."""
+    return current().size
+
+
+def local_rank() -> int:
+    """Rank within this machine (torchrun's ``LOCAL_RANK``; the global rank when unset)."""
+    return int(os.environ.get("LOCAL_RANK", rank()))
+
+
+def neighbors(step: int = 0) -> list[int]:
+    """Ranks this rank exchanges with at ``step`` under the current topology."""
+    ctx = current()
+    return ctx.topology.neighbors(ctx.rank, step)
+
+
+def set_topology(topo: str | _topology.Topology | Any, weights: str = "uniform") -> None:
+    """Switch to another topology (collective; every rank must pass the same one).
+
+    Raises:
+        ValueError: invalid topology, wrong size, or ranks that disagree.
+    """
+    ctx = current()
+    ctx.set_topology(_topology.resolve(topo, ctx.size, weights))
+
+
+def _default_name(tensor: torch.Tensor) -> str:
+    return f"tensor{tuple(tensor.shape)}:{tensor.dtype}".replace("torch.", "")
+
+
+def neighbor_average_async(
+    tensor: torch.Tensor, gamma: float = 1.0, name: str | None = None, inplace: bool = False
+) -> GossipHandle:
+    """Start one gossip round on ``tensor`` and return a handle whose ``wait()`` gives the result.
+
+    The round computes ``x ← x + γ Σ_j w_ij (x_j − x)`` (``γ = 1``: ``Σ_j w_ij x_j``). Every rank must
+    start its rounds in the same order. With ``inplace=True`` the tensor is averaged in place and must
+    not be modified before ``wait()``.
+
+    Args:
+        tensor: a floating-point tensor (CPU, or CUDA staged through host memory).
+        gamma: the consensus step γ.
+        name: identifies the tensor across ranks (default: derived from shape and dtype). The first
+            round under a name checks that every rank has the same shape and dtype.
+        inplace: average in place instead of into a copy.
+
+    Raises:
+        MismatchError: ranks registered different shapes or dtypes under this name.
+        PeerError: (from ``wait()``) a neighbour died or stalled past the timeout.
+    """
+    return current().start(tensor, name or _default_name(tensor), gamma, inplace, snapshot=False)
+
+
+def neighbor_average(
+    tensor: torch.Tensor, gamma: float = 1.0, name: str | None = None, inplace: bool = False
+) -> torch.Tensor:
+    """One synchronous gossip round: returns ``Σ_j w_ij x_j`` (γ = 1); see :func:`neighbor_average_async`."""
+    return neighbor_average_async(tensor, gamma, name, inplace).wait()
+
+
+def _tensors(obj: nn.Module | torch.Tensor | Mapping[str, torch.Tensor] | Iterable[Any]) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, nn.Module):
+        return [p for p in obj.parameters()]
+    if isinstance(obj, Mapping):
+        return [obj[k] for k in sorted(obj)]
+    out = []
+    for item in obj:
+        out.append(item[1] if isinstance(item, tuple) else item)
+    return out
+
+
+def broadcast_parameters(
+    state: nn.Module | Mapping[str, torch.Tensor] | Iterable[Any], root_rank: int = 0
+) -> None:
+    """Copy ``root_rank``'s tensors into every rank's, in place (collective).
+
+    Args:
+        state: a ``state_dict()``, a module, or an iterable of tensors / ``(name, tensor)`` pairs.
+        root_rank: the rank whose values win.
+    """
+    ctx = current()
+    if not 0 <= root_rank < ctx.size:
+        raise ValueError(f"root_rank {root_rank} out of range [0, {ctx.size})")
+    with torch.no_grad():
+        for t in _tensors(state):
+            if not isinstance(t, torch.Tensor):
+                continue
+            if t.device.type == "cpu":
+                dist.broadcast(t, src=root_rank, group=ctx.group)
+            else:
+                staged = t.detach().cpu()
+                dist.broadcast(staged, src=root_rank, group=ctx.group)
+                t.copy_(staged)
+
+
+def consensus_distance(model_or_tensor: nn.Module | torch.Tensor) -> float:
+    """``(1/n) Σ_i ‖x_i − x̄‖²``, the mean squared distance of the ranks' models to their average.
+
+    Collective; uses an exact all-reduce (it is a diagnostic), and returns the same value on every rank.
+    """
+    ctx = current()
+    with torch.no_grad():
+        parts = [t.detach().reshape(-1).to("cpu", torch.float64) for t in _tensors(model_or_tensor)]
+        x = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+        mean = x.clone()
+        dist.all_reduce(mean, group=ctx.group)
+        mean /= ctx.size
+        d = torch.tensor([float(torch.sum((x - mean) ** 2))], dtype=torch.float64)
+        dist.all_reduce(d, group=ctx.group)
+    return float(d.item()) / ctx.size
+
+
+def stats() -> dict[str, float]:
+    """Engine counters: ``bytes_sent``, ``bytes_received``, ``rounds``, ``wait_seconds``, ``transfer_seconds``."""
+    return current().stats()
+
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "rank",
+    "size",
+    "local_rank",
+    "neighbors",
+    "set_topology",
+    "neighbor_average",
+    "neighbor_average_async",
+    "broadcast_parameters",
+    "consensus_distance",
+    "stats",
+    "PeerError",
+    "MismatchError",
+    "FlatParameters",
+    "GossipContext",
+    "GossipHandle",
+    "topology",
+]

@@ -1,0 +1,25 @@
+"""The one place that imports the native extension ``saddle_torch._C``."""
+
+from __future__ import annotations
+
+try:
+    from saddle_torch import _C
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError(
+        "saddle_torch's native extension is not built: run `pip install --no-build-isolation -e .` "
+        "in the repository (or `make install`)"
+    ) from exc
+
+PeerError = _C.PeerError
+NativeTopology = _C.Topology
+GossipEngine = _C.GossipEngine
+
+ring = _C.ring
+torus = _C.torus
+exponential = _C.exponential
+one_peer_exponential = _C.one_peer_exponential
+fully_connected = _C.fully_connected
+star = _C.star
+random_regular = _C.random_regular
+from_undirected = _C.from_undirected
+from_matrix = _C.from_matrix

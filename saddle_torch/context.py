@@ -1,0 +1,183 @@
+"""The gossip context: process group, topology and engine of one training job.
+
+``saddle_torch.init()`` creates the default context (as ``torch.distributed`` keeps its default
+group); everything else receives the context explicitly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from saddle_torch import _ops
+from saddle_torch.errors import MismatchError
+from saddle_torch.topology import Topology
+
+_SIGNATURE_LEN = 10  # crc(name), numel, dtype code, ndim, up to 6 dims
+
+
+def _signature(name: str, tensor: torch.Tensor) -> list[int]:
+    shape = list(tensor.shape)[:6]
+    dims = shape + [-1] * (6 - len(shape))
+    return [zlib.crc32(name.encode()), tensor.numel(), _DTYPES.index(tensor.dtype), tensor.dim(), *dims]
+
+
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _describe(sig: list[int]) -> str:
+    ndim = sig[3]
+    shape = tuple(sig[4 : 4 + min(ndim, 6)])
+    return f"shape {shape} {_DTYPES[sig[2]]}".replace("torch.", "")
+
+
+@dataclass
+class GossipHandle:
+    """An in-flight :func:`neighbor_average_async` round; ``wait()`` completes it."""
+
+    context: GossipContext
+    round: object
+    result: torch.Tensor
+    staged: torch.Tensor  # CPU tensor the engine works on (the result itself when on CPU)
+    _done: bool = field(default=False)
+
+    def wait(self) -> torch.Tensor:
+        """Complete the round and return the averaged tensor.
+
+        Raises:
+            PeerError: a neighbour died or stalled past the timeout.
+        """
+        if not self._done:
+            self.context.engine.finish(self.round)
+            if self.staged is not self.result:
+                self.result.copy_(self.staged, non_blocking=False)
+            self._done = True
+        return self.result
+
+    def done(self) -> bool:
+        """Whether every message of the round has arrived (``wait()`` will not block on the network)."""
+        return self._done or self.round.done()
+
+
+class GossipContext:
+    """Owns the Gloo group, the current topology and the C++ gossip engine.
+
+    Args:
+        group: a process group with a CPU (Gloo) backend.
+        topology: the initial topology (its size must equal the group's).
+        timeout: how long a gossip round waits for a neighbour before raising ``PeerError``.
+    """
+
+    def __init__(self, group: dist.ProcessGroup, topology: Topology, timeout: timedelta) -> None:
+        self.group = group
+        self.timeout = timeout
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        backend = group._get_backend(torch.device("cpu"))
+        self._check_topology_agreement(topology)
+        self.topology = topology
+        self.engine = _ops.GossipEngine(backend, topology._native, timeout.total_seconds())
+        self._registered: dict[str, list[int]] = {}
+        self._steps: dict[str, int] = {}
+
+    # -- topology -------------------------------------------------------------------------------
+    def set_topology(self, topology: Topology) -> None:
+        """Switch every rank to ``topology`` (collective: every rank must call it)."""
+        if topology.size != self.size:
+            raise ValueError(f"topology {topology.name} has {topology.size} ranks but the world has {self.size}")
+        self._check_topology_agreement(topology)
+        self.engine.set_topology(topology._native)
+        self.topology = topology
+
+    def _check_topology_agreement(self, topology: Topology) -> None:
+        digest = 0
+        for step in range(topology.period):
+            w = topology.mixing_matrix(step).contiguous().numpy().tobytes()
+            digest = zlib.crc32(w, digest)
+        mine = torch.tensor([digest, topology.period], dtype=torch.int64)
+        every = [torch.empty_like(mine) for _ in range(self.size)]
+        dist.all_gather(every, mine, group=self.group)
+        differ = [r for r, t in enumerate(every) if not torch.equal(t, every[0])]
+        if differ:
+            raise ValueError(
+                f"ranks disagree on the topology: ranks {differ} differ from rank 0 "
+                f"(this rank has {topology.name}); pass the same topology on every rank"
+            )
+
+    # -- handshake ------------------------------------------------------------------------------
+    def register(self, name: str, tensor: torch.Tensor) -> None:
+        """Check, once per name, that every rank gossips a tensor of the same shape and dtype.
+
+        Collective on first use of ``name``. Raises ``MismatchError`` (a ``ValueError``) on every rank,
+        naming the ranks that differ.
+        """
+        if tensor.dtype not in _DTYPES:
+            raise ValueError(f"gossip averages float32/float64/float16/bfloat16 tensors, got {tensor.dtype}")
+        sig = _signature(name, tensor)
+        known = self._registered.get(name)
+        if known is not None:
+            if known != sig:
+                raise MismatchError(
+                    f"gossip tensor {name!r} was registered with {_describe(known)} and is now "
+                    f"{_describe(sig)}; use a different name for a differently shaped tensor"
+                )
+            return
+        mine = torch.tensor(sig, dtype=torch.int64)
+        every = [torch.empty_like(mine) for _ in range(self.size)]
+        dist.all_gather(every, mine, group=self.group)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for r, t in enumerate(every):
+            groups.setdefault(tuple(t.tolist()), []).append(r)
+        if len(groups) > 1:
+            parts = "; ".join(
+                f"rank(s) {ranks} have {_describe(list(s))}" + ("" if s[0] == sig[0] else " under another name")
+                for s, ranks in groups.items()
+            )
+            raise MismatchError(f"ranks registered different tensors for gossip {name!r}: {parts}")
+        self._registered[name] = sig
+
+    # -- gossip ---------------------------------------------------------------------------------
+    def start(self, tensor: torch.Tensor, name: str, gamma: float, inplace: bool, snapshot: bool) -> GossipHandle:
+        """Register (first time), then post one round; see :func:`saddle_torch.neighbor_average_async`."""
+        self.register(name, tensor)
+        step = self._steps.get(name, 0)
+        result = tensor if inplace else tensor.clone()
+        if result.device.type == "cpu" and result.is_contiguous():
+            staged = result
+        else:
+            staged = result.detach().to("cpu", copy=True).contiguous()
+        handle = self.engine.start(staged, step, gamma, snapshot and staged is result)
+        self._steps[name] = step + 1
+        return GossipHandle(self, handle, result, staged)
+
+    def step_of(self, name: str) -> int:
+        """Number of rounds done so far under ``name`` (selects the phase of a time-varying topology)."""
+        return self._steps.get(name, 0)
+
+    def stats(self) -> dict[str, float]:
+        """Engine counters: ``bytes_sent``, ``bytes_received``, ``rounds``, ``wait_seconds``, ``transfer_seconds``."""
+        return dict(self.engine.stats())
+
+
+_current: GossipContext | None = None
+
+
+def current() -> GossipContext:
+    """The context created by :func:`saddle_torch.init`.
+
+    Raises:
+        RuntimeError: ``init()`` was not called.
+    """
+    if _current is None:
+        raise RuntimeError("saddle_torch is not initialised: call saddle_torch.init() first")
+    return _current
+
+
+def set_current(ctx: GossipContext | None) -> None:
+    """Install ``ctx`` as the default context (used by :func:`saddle_torch.init`)."""
+    global _current
+    _current = ctx

@@ -1,0 +1,98 @@
+"""Flat parameter storage: one contiguous buffer per (dtype, device), parameters re-pointed at views.
+
+Gossip, SAM perturbations and compression then run on a few large arrays instead of looping over
+hundreds of small tensors, and without flatten/unflatten copies (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+GroupKey = tuple[torch.dtype, torch.device]
+
+
+class FlatParameters:
+    """Moves parameters (and their gradients) into contiguous buffers.
+
+    After construction every parameter's ``.data`` is a view into ``buffers[key]`` and, with
+    ``grads=True``, every ``.grad`` a view into ``grad_buffers[key]``. The model computes exactly
+    what it computed before. Optimizers that update parameters in place keep the views intact.
+
+    Args:
+        params: a module or an iterable of parameters (duplicates and frozen parameters are skipped).
+        grads: also give every parameter a gradient view (zero-initialised, or a copy of the existing
+            gradient).
+    """
+
+    def __init__(self, params: nn.Module | Iterable[torch.Tensor], grads: bool = True) -> None:
+        source = params.parameters() if isinstance(params, nn.Module) else params
+        seen: set[int] = set()
+        self.params: list[torch.Tensor] = []
+        for p in source:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                self.params.append(p)
+        if not self.params:
+            raise ValueError("FlatParameters: no trainable parameters")
+        self.groups: dict[GroupKey, list[torch.Tensor]] = {}
+        for p in self.params:
+            self.groups.setdefault((p.dtype, p.device), []).append(p)
+        self.buffers: dict[GroupKey, torch.Tensor] = {}
+        self.grad_buffers: dict[GroupKey, torch.Tensor] = {}
+        for key, group in self.groups.items():
+            total = sum(p.numel() for p in group)
+            buf = torch.empty(total, dtype=key[0], device=key[1])
+            offset = 0
+            for p in group:
+                n = p.numel()
+                buf[offset : offset + n].copy_(p.data.reshape(-1))
+                p.data = buf[offset : offset + n].view_as(p)
+                offset += n
+            self.buffers[key] = buf
+            if grads:
+                self.grad_buffers[key] = torch.zeros_like(buf)
+        if grads:
+            self.attach_grads()
+
+    @property
+    def numel(self) -> int:
+        """Total number of parameter elements."""
+        return sum(b.numel() for b in self.buffers.values())
+
+    def _views(self, key: GroupKey, buf: torch.Tensor) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        offset = 0
+        for p in self.groups[key]:
+            n = p.numel()
+            yield p, buf[offset : offset + n].view_as(p)
+            offset += n
+
+    def attach_grads(self) -> None:
+        """(Re-)point every ``.grad`` at its view, keeping existing gradient values.
+
+        Call after anything that replaced gradients, e.g. ``zero_grad(set_to_none=True)``.
+        """
+        for key, gbuf in self.grad_buffers.items():
+            for p, view in self._views(key, gbuf):
+                if p.grad is None:
+                    view.zero_()
+                elif p.grad.data_ptr() != view.data_ptr():
+                    view.copy_(p.grad)
+                else:
+                    continue
+                p.grad = view
+
+    def check(self) -> None:
+        """Raise ``RuntimeError`` if a parameter no longer lives in its buffer (e.g. after ``model.to()``)."""
+        for key, buf in self.buffers.items():
+            for p, view in self._views(key, buf):
+                if p.data_ptr() != view.data_ptr():
+                    raise RuntimeError(
+                        "a parameter no longer lives in the flat buffer (was the model moved with .to() "
+                        "or were parameters replaced?); create FlatParameters after moving the model"
+                    )
+
+
+__all__ = ["FlatParameters"]

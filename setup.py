@@ -1,0 +1,40 @@
+"""Builds saddle_torch and its native extension saddle_torch._C.
+
+The torch-free core (csrc/core) is compiled into the extension here and, separately, into a static
+library with its GoogleTest suite by CMakeLists.txt. Build with ``pip install --no-build-isolation -e .``
+so the extension compiles against the torch already installed (an isolated build would fetch another).
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = Path(__file__).parent
+
+
+def _sources() -> list[str]:
+    core = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "core").rglob("*.cpp"))
+    binding = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "torch").glob("*.cpp"))
+    return core + binding
+
+
+setup(
+    name="saddle_torch",
+    version="0.1.0",
+    description="Sharpness-aware decentralized training (SADDLe) for PyTorch: gossip over Gloo",
+    packages=find_packages(include=["saddle_torch", "saddle_torch.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy"],
+    ext_modules=[
+        CppExtension(
+            "saddle_torch._C",
+            _sources(),
+            include_dirs=[str(ROOT / "csrc")],
+            # torch's headers need C++20 (cpp_extension's default); csrc/core is kept C++17 by CMake.
+            extra_compile_args=["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)

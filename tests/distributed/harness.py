@@ -1,0 +1,90 @@
+"""Spawns real ranks on 127.0.0.1 that talk over Gloo, and collects what each returns."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, out: Any, args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        result = fn(rank, world, *args)
+        out.put((rank, "ok", result))
+    except BaseException:  # noqa: BLE001 - every failure is reported to the parent
+        out.put((rank, "error", traceback.format_exc()))
+
+
+class RankFailure(AssertionError):
+    """One or more ranks raised; carries every rank's traceback."""
+
+
+def run_ranks(
+    fn: Callable[..., Any],
+    world: int,
+    *args: Any,
+    timeout: float = 180.0,
+    allow_missing: set[int] | None = None,
+) -> dict[int, Any]:
+    """Run ``fn(rank, world, *args)`` in ``world`` spawned processes; return ``{rank: result}``.
+
+    Ranks in ``allow_missing`` may die without reporting (fault-injection tests). Raises
+    ``RankFailure`` if any rank raised, and ``TimeoutError`` if ranks are still running after
+    ``timeout`` seconds (they are killed).
+    """
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, out, args), daemon=True) for r in range(world)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    expected = set(range(world)) - (allow_missing or set())
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not expected <= (set(results) | set(errors)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(expected - set(results) - set(errors))
+                raise TimeoutError(f"ranks {missing} did not finish within {timeout} s")
+            try:
+                rank, status, value = out.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                dead = [r for r in expected - set(results) - set(errors) if procs[r].exitcode not in (None, 0)]
+                for r in dead:
+                    errors[r] = f"process exited with code {procs[r].exitcode} without reporting"
+                continue
+            (results if status == "ok" else errors)[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise RankFailure("\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(errors.items())))
+    return results
