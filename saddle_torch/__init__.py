@@ -157,7 +157,9 @@ def neighbor_average(
     return neighbor_average_async(tensor, gamma, name, inplace).wait()
 
 
-def _tensors(obj: nn.Module | torch.Tensor | Mapping[str, torch.Tensor] | Iterable[Any]) -> list[torch.Tensor]:
+def _tensors(
+    obj: nn.Module | torch.Tensor | Mapping[str, torch.Tensor] | Iterable[Any],
+) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, nn.Module):
@@ -212,7 +214,11 @@ def consensus_distance(model_or_tensor: nn.Module | torch.Tensor) -> float:
 
 
 def stats() -> dict[str, float]:
-    """Engine counters: ``bytes_sent``, ``bytes_received``, ``rounds``, ``wait_seconds``, ``transfer_seconds``."""
+    """Engine counters.
+
+    Keys: ``bytes_sent``, ``bytes_received``, ``rounds``, ``wait_seconds`` (callers blocked in
+    ``wait()``), ``transfer_seconds`` (posting to last message, summed over rounds).
+    """
     return current().stats()
 
 

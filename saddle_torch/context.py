@@ -88,7 +88,9 @@ class GossipContext:
     def set_topology(self, topology: Topology) -> None:
         """Switch every rank to ``topology`` (collective: every rank must call it)."""
         if topology.size != self.size:
-            raise ValueError(f"topology {topology.name} has {topology.size} ranks but the world has {self.size}")
+            raise ValueError(
+                f"topology {topology.name} has {topology.size} ranks but the world has {self.size}"
+            )
         self._check_topology_agreement(topology)
         self.engine.set_topology(topology._native)
         self.topology = topology
@@ -134,14 +136,17 @@ class GossipContext:
             groups.setdefault(tuple(t.tolist()), []).append(r)
         if len(groups) > 1:
             parts = "; ".join(
-                f"rank(s) {ranks} have {_describe(list(s))}" + ("" if s[0] == sig[0] else " under another name")
+                f"rank(s) {ranks} have {_describe(list(s))}"
+                + ("" if s[0] == sig[0] else " under another name")
                 for s, ranks in groups.items()
             )
             raise MismatchError(f"ranks registered different tensors for gossip {name!r}: {parts}")
         self._registered[name] = sig
 
     # -- gossip ---------------------------------------------------------------------------------
-    def start(self, tensor: torch.Tensor, name: str, gamma: float, inplace: bool, snapshot: bool) -> GossipHandle:
+    def start(
+        self, tensor: torch.Tensor, name: str, gamma: float, inplace: bool, snapshot: bool
+    ) -> GossipHandle:
         """Register (first time), then post one round; see :func:`saddle_torch.neighbor_average_async`."""
         self.register(name, tensor)
         step = self._steps.get(name, 0)
@@ -159,7 +164,11 @@ class GossipContext:
         return self._steps.get(name, 0)
 
     def stats(self) -> dict[str, float]:
-        """Engine counters: ``bytes_sent``, ``bytes_received``, ``rounds``, ``wait_seconds``, ``transfer_seconds``."""
+        """Engine counters.
+
+        Keys: ``bytes_sent``, ``bytes_received``, ``rounds``, ``wait_seconds`` (callers blocked in
+        ``wait()``), ``transfer_seconds`` (posting to last message, summed over rounds).
+        """
         return dict(self.engine.stats())
 
 

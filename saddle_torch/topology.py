@@ -71,7 +71,7 @@ class Topology:
         return self._native.mixing_matrix(step)
 
     def spectral_gap(self) -> float:
-        """``1 − σ₂(P)^(1/period)`` for the product P of one period; ``1 − max_{i≥2}|λ_i|`` if static symmetric."""
+        """``1 − σ₂(P)^(1/period)``, P the product of one period (``1 − max_{i≥2}|λ_i|`` if symmetric)."""
         return self._native.spectral_gap()
 
     def __repr__(self) -> str:

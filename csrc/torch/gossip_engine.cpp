@@ -16,6 +16,8 @@ using Clock = std::chrono::steady_clock;
 // Tags of gossip messages live above the range users typically pick for their own send/recv.
 constexpr uint32_t kTagBase = 0x20000000u;
 constexpr uint32_t kTagSpan = 0x10000000u;
+// Enough for a few tensors in flight at degree ≤ 4; more are allocated and dropped.
+constexpr size_t kMaxPooledBuffers = 16;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -116,10 +118,10 @@ std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptio
   round->x_ = x;
   round->options_ = options;
   round->row_ = topo->row(rank_, options.step);
-  round->sent_ = options.snapshot ? x.clone() : x;
+  round->sent_ = options.snapshot ? acquire(x).copy_(x) : x;
   round->received_.reserve(round->row_.in.size());
   for (const auto& e : round->row_.in) {
-    round->received_.push_back(at::empty_like(x));
+    round->received_.push_back(acquire(x));
     std::vector<at::Tensor> buf{round->received_.back()};
     round->recvs_.push_back(backend_->recv(buf, e.peer, round->tag_));
   }
@@ -217,14 +219,38 @@ void GossipEngine::finish(const std::shared_ptr<Round>& round) {
       mix_aten(round->x_, snapshot, round->received_, k);
   }
   const int64_t nbytes = static_cast<int64_t>(round->x_.nbytes());
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.bytes_sent += nbytes * static_cast<int64_t>(round->row_.out.size());
-  stats_.bytes_received += nbytes * static_cast<int64_t>(round->row_.in.size());
-  stats_.rounds += 1;
-  stats_.wait_seconds += blocked;
-  round->received_.clear();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.bytes_sent += nbytes * static_cast<int64_t>(round->row_.out.size());
+    stats_.bytes_received += nbytes * static_cast<int64_t>(round->row_.in.size());
+    stats_.rounds += 1;
+    stats_.wait_seconds += blocked;
+  }
+  if (round->options_.snapshot) round->received_.push_back(round->sent_);
+  release(round->received_);
   round->sent_ = at::Tensor();
   round->x_ = at::Tensor();
+}
+
+at::Tensor GossipEngine::acquire(const at::Tensor& like) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pool_.begin(); it != pool_.end(); ++it) {
+      if (it->numel() == like.numel() && it->scalar_type() == like.scalar_type()) {
+        at::Tensor t = std::move(*it);
+        pool_.erase(it);
+        return t.view(like.sizes());
+      }
+    }
+  }
+  return at::empty_like(like, at::MemoryFormat::Contiguous);
+}
+
+void GossipEngine::release(std::vector<at::Tensor>& buffers) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& b : buffers)
+    if (pool_.size() < kMaxPooledBuffers) pool_.push_back(std::move(b));
+  buffers.clear();
 }
 
 EngineStats GossipEngine::stats() const {

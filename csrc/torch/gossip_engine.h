@@ -89,6 +89,9 @@ class GossipEngine {
  private:
   void worker_loop();
   void wait_round(Round& round);
+  // Receive and snapshot buffers are reused across rounds: warm pages, no allocation per round.
+  at::Tensor acquire(const at::Tensor& like);
+  void release(std::vector<at::Tensor>& buffers);
   [[noreturn]] void raise_broken() const;
 
   c10::intrusive_ptr<c10d::Backend> backend_;
@@ -96,13 +99,14 @@ class GossipEngine {
   int rank_ = 0;
   int size_ = 1;
 
-  mutable std::mutex mu_;  // guards topology_, stats_, broken_reason_, graveyard_, next_tag_
+  mutable std::mutex mu_;  // guards topology_, stats_, broken_reason_, graveyard_, next_tag_, pool_
   std::shared_ptr<topology::Topology> topology_;
   EngineStats stats_;
   std::string broken_reason_;
   // Rounds whose buffers a failed transport may still write into: kept alive on purpose.
   std::vector<std::shared_ptr<Round>> graveyard_;
   uint32_t next_tag_ = 0;
+  std::vector<at::Tensor> pool_;
 
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;

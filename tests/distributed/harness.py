@@ -56,7 +56,9 @@ def run_ranks(
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, out, args), daemon=True) for r in range(world)]
+    procs = [
+        ctx.Process(target=_entry, args=(fn, r, world, port, out, args), daemon=True) for r in range(world)
+    ]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
@@ -74,7 +76,9 @@ def run_ranks(
             try:
                 rank, status, value = out.get(timeout=min(remaining, 1.0))
             except queue.Empty:
-                dead = [r for r in expected - set(results) - set(errors) if procs[r].exitcode not in (None, 0)]
+                dead = [
+                    r for r in expected - set(results) - set(errors) if procs[r].exitcode not in (None, 0)
+                ]
                 for r in dead:
                     errors[r] = f"process exited with code {procs[r].exitcode} without reporting"
                 continue

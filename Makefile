@@ -1,0 +1,57 @@
+# saddle_torch — `make demo` runs the main job, `make test` the whole test suite, both from a fresh clone.
+PYTHON ?= python3
+NPROC ?= 4
+BUILD := build
+CORE_BUILD := $(BUILD)/core
+STAMP := $(BUILD)/.installed
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: all install deps native core-test py-test test demo bench lint format clean
+
+all: install
+
+# System and Python dependencies (idempotent; apt only when GoogleTest is missing).
+deps:
+	@if ! [ -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libgtest-dev cmake ninja-build; fi
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
+
+# The extension saddle_torch._C, rebuilt when a native source changes.
+$(STAMP): $(NATIVE_SOURCES)
+	$(MAKE) deps
+	MAX_JOBS=2 $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	@mkdir -p $(BUILD) && touch $@
+
+install: $(STAMP)
+
+native: install
+
+core-test:
+	cmake -S . -B $(CORE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(CORE_BUILD) -j 2
+	$(CORE_BUILD)/saddle_core_tests --gtest_brief=1
+
+py-test: install
+	$(PYTHON) -m pytest -q tests/unit tests/distributed
+
+test: install core-test py-test
+
+demo: install
+	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) examples/gossip_demo.py
+
+bench: install
+	$(PYTHON) bench/gossip.py
+
+lint:
+	$(PYTHON) -m ruff check saddle_torch tests bench examples
+	$(PYTHON) -m ruff format --check saddle_torch tests bench examples
+
+format:
+	$(PYTHON) -m ruff format saddle_torch tests bench examples
+	$(PYTHON) -m ruff check --fix saddle_torch tests bench examples
+	clang-format -i $$(find csrc tests/cpp -name '*.cpp' -o -name '*.h')
+
+clean:
+	rm -rf $(BUILD) saddle_torch/*.so *.egg-info
