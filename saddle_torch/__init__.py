@@ -21,9 +21,11 @@ from torch import nn
 
 from saddle_torch import topology
 from saddle_torch import topology as _topology
+from saddle_torch.checkpoint import load_checkpoint, save_checkpoint
 from saddle_torch.context import GossipContext, GossipHandle, current, set_current
 from saddle_torch.errors import MismatchError, PeerError
 from saddle_torch.flat import FlatParameters
+from saddle_torch.optim import ALGORITHMS, DistributedOptimizer
 
 __version__ = "0.1.0"
 
@@ -239,6 +241,10 @@ __all__ = [
     "PeerError",
     "MismatchError",
     "FlatParameters",
+    "DistributedOptimizer",
+    "ALGORITHMS",
+    "save_checkpoint",
+    "load_checkpoint",
     "GossipContext",
     "GossipHandle",
     "topology",

@@ -23,3 +23,11 @@ star = _C.star
 random_regular = _C.random_regular
 from_undirected = _C.from_undirected
 from_matrix = _C.from_matrix
+
+# Fused optimizer kernels on flat buffers.
+sam_norm_sq = _C.sam_norm_sq
+sam_perturb = _C.sam_perturb
+sam_restore = _C.sam_restore
+qgm_direction = _C.qgm_direction
+qgm_buffer_update = _C.qgm_buffer_update
+weighted_sum_ = _C.weighted_sum_

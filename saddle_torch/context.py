@@ -43,6 +43,7 @@ class GossipHandle:
     round: object
     result: torch.Tensor
     staged: torch.Tensor  # CPU tensor the engine works on (the result itself when on CPU)
+    snapshot: torch.Tensor | None = None  # staged copy before mixing, for snapshot rounds of staged tensors
     _done: bool = field(default=False)
 
     def wait(self) -> torch.Tensor:
@@ -53,7 +54,9 @@ class GossipHandle:
         """
         if not self._done:
             self.context.engine.finish(self.round)
-            if self.staged is not self.result:
+            if self.snapshot is not None:  # the caller moved result since start: add the mixing delta
+                self.result.add_((self.staged - self.snapshot).to(self.result.device))
+            elif self.staged is not self.result:
                 self.result.copy_(self.staged, non_blocking=False)
             self._done = True
         return self.result
@@ -83,6 +86,7 @@ class GossipContext:
         self.engine = _ops.GossipEngine(backend, topology._native, timeout.total_seconds())
         self._registered: dict[str, list[int]] = {}
         self._steps: dict[str, int] = {}
+        self._prefixes: dict[str, int] = {}
 
     # -- topology -------------------------------------------------------------------------------
     def set_topology(self, topology: Topology) -> None:
@@ -155,13 +159,27 @@ class GossipContext:
             staged = result
         else:
             staged = result.detach().to("cpu", copy=True).contiguous()
+        # A staged (non-CPU) tensor is its own snapshot; keep a copy to compute the mixing delta.
+        staged_snapshot = staged.clone() if snapshot and staged is not result else None
         handle = self.engine.start(staged, step, gamma, snapshot and staged is result)
         self._steps[name] = step + 1
-        return GossipHandle(self, handle, result, staged)
+        return GossipHandle(self, handle, result, staged, staged_snapshot)
 
     def step_of(self, name: str) -> int:
         """Number of rounds done so far under ``name`` (selects the phase of a time-varying topology)."""
         return self._steps.get(name, 0)
+
+    def new_prefix(self, kind: str) -> str:
+        """A fresh name prefix (``opt0/``, ``opt1/``, ...), equal on ranks that create objects in order."""
+        n = self._prefixes.get(kind, 0)
+        self._prefixes[kind] = n + 1
+        return f"{kind}{n}/"
+
+    def set_step(self, name: str, step: int) -> None:
+        """Set the round counter of ``name`` (restoring a checkpoint of a time-varying topology)."""
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}")
+        self._steps[name] = step
 
     def stats(self) -> dict[str, float]:
         """Engine counters.

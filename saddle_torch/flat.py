@@ -6,12 +6,26 @@ hundreds of small tensors, and without flatten/unflatten copies (DESIGN §3).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-GroupKey = tuple[torch.dtype, torch.device]
+
+class BufferKey(NamedTuple):
+    """Identifies one flat buffer: the optimizer param group it serves, its dtype and device."""
+
+    group: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def name(self) -> str:
+        """Stable name of the buffer, the same on every rank (used as the gossip name)."""
+        return f"params/{self.group}/{self.dtype}/{self.device.type}".replace("torch.", "")
+
+
+GroupKey = BufferKey
 
 
 class FlatParameters:
@@ -22,29 +36,38 @@ class FlatParameters:
     what it computed before. Optimizers that update parameters in place keep the views intact.
 
     Args:
-        params: a module or an iterable of parameters (duplicates and frozen parameters are skipped).
+        params: a module, an iterable of parameters, or an optimizer's ``param_groups`` (a sequence of
+            dicts with a ``"params"`` list: one buffer per group, so each has one learning rate).
+            Duplicates and frozen parameters are skipped.
         grads: also give every parameter a gradient view (zero-initialised, or a copy of the existing
             gradient).
     """
 
-    def __init__(self, params: nn.Module | Iterable[torch.Tensor], grads: bool = True) -> None:
-        source = params.parameters() if isinstance(params, nn.Module) else params
+    def __init__(
+        self, params: nn.Module | Iterable[torch.Tensor] | Sequence[dict], grads: bool = True
+    ) -> None:
+        if isinstance(params, nn.Module):
+            grouped = [list(params.parameters())]
+        else:
+            items = list(params)
+            is_groups = bool(items) and isinstance(items[0], dict)
+            grouped = [list(g["params"]) for g in items] if is_groups else [items]
         seen: set[int] = set()
         self.params: list[torch.Tensor] = []
-        for p in source:
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                self.params.append(p)
+        self.groups: dict[BufferKey, list[torch.Tensor]] = {}
+        for gi, group in enumerate(grouped):
+            for p in group:
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    self.params.append(p)
+                    self.groups.setdefault(BufferKey(gi, p.dtype, p.device), []).append(p)
         if not self.params:
             raise ValueError("FlatParameters: no trainable parameters")
-        self.groups: dict[GroupKey, list[torch.Tensor]] = {}
-        for p in self.params:
-            self.groups.setdefault((p.dtype, p.device), []).append(p)
-        self.buffers: dict[GroupKey, torch.Tensor] = {}
-        self.grad_buffers: dict[GroupKey, torch.Tensor] = {}
+        self.buffers: dict[BufferKey, torch.Tensor] = {}
+        self.grad_buffers: dict[BufferKey, torch.Tensor] = {}
         for key, group in self.groups.items():
             total = sum(p.numel() for p in group)
-            buf = torch.empty(total, dtype=key[0], device=key[1])
+            buf = torch.empty(total, dtype=key.dtype, device=key.device)
             offset = 0
             for p in group:
                 n = p.numel()
@@ -62,12 +85,18 @@ class FlatParameters:
         """Total number of parameter elements."""
         return sum(b.numel() for b in self.buffers.values())
 
-    def _views(self, key: GroupKey, buf: torch.Tensor) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def _views(self, key: BufferKey, buf: torch.Tensor) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         offset = 0
         for p in self.groups[key]:
             n = p.numel()
             yield p, buf[offset : offset + n].view_as(p)
             offset += n
+
+    def zero_grads(self) -> None:
+        """Zero every gradient buffer in place (one op per buffer) and re-attach the views."""
+        for gbuf in self.grad_buffers.values():
+            gbuf.zero_()
+        self.attach_grads()
 
     def attach_grads(self) -> None:
         """(Re-)point every ``.grad`` at its view, keeping existing gradient values.
@@ -95,4 +124,4 @@ class FlatParameters:
                     )
 
 
-__all__ = ["FlatParameters"]
+__all__ = ["BufferKey", "FlatParameters"]

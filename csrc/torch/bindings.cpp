@@ -4,6 +4,7 @@
 #include "core/topology/generators.h"
 #include "torch/errors.h"
 #include "torch/gossip_engine.h"
+#include "torch/optim_ops.h"
 #include "torch/topology_ops.h"
 
 namespace py = pybind11;
@@ -81,6 +82,10 @@ void bind_engine(py::module_& m) {
           },
           py::arg("tensor"), py::arg("step"), py::arg("gamma") = 1.0, py::arg("snapshot") = false,
           py::call_guard<py::gil_scoped_release>())
+      .def("exchange", &st::GossipEngine::exchange, py::arg("sends"), py::arg("recvs"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("wait", &st::GossipEngine::wait, py::call_guard<py::gil_scoped_release>())
+      .def("received", &st::GossipEngine::received, py::call_guard<py::gil_scoped_release>())
       .def("finish", &st::GossipEngine::finish, py::call_guard<py::gil_scoped_release>())
       .def("stats",
            [](const st::GossipEngine& e) {
@@ -96,6 +101,19 @@ void bind_engine(py::module_& m) {
       .def("reset_stats", &st::GossipEngine::reset_stats);
 }
 
+void bind_optim(py::module_& m) {
+  using py::arg;
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("sam_norm_sq", &st::sam_norm_sq, arg("g"), arg("x") = py::none(), nogil);
+  m.def("sam_perturb", &st::sam_perturb, arg("x"), arg("g"), arg("e"), arg("scale"), arg("adaptive"), nogil);
+  m.def("sam_restore", &st::sam_restore, arg("x"), arg("e"), nogil);
+  m.def("qgm_direction", &st::qgm_direction, arg("g"), arg("m_hat"), arg("x"), arg("beta"), arg("weight_decay"),
+        arg("nesterov"), nogil);
+  m.def("qgm_buffer_update", &st::qgm_buffer_update, arg("m_hat"), arg("x_prev"), arg("x"), arg("mu"), arg("lr"),
+        nogil);
+  m.def("weighted_sum_", &st::weighted_sum_, arg("out"), arg("a"), arg("ys"), arg("b"), nogil);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -103,4 +121,5 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception<st::PeerError>(m, "PeerError", PyExc_RuntimeError);
   bind_topology(m);
   bind_engine(m);
+  bind_optim(m);
 }

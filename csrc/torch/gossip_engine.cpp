@@ -119,16 +119,54 @@ std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptio
   round->options_ = options;
   round->row_ = topo->row(rank_, options.step);
   round->sent_ = options.snapshot ? acquire(x).copy_(x) : x;
-  round->received_.reserve(round->row_.in.size());
   for (const auto& e : round->row_.in) {
     round->received_.push_back(acquire(x));
-    std::vector<at::Tensor> buf{round->received_.back()};
-    round->recvs_.push_back(backend_->recv(buf, e.peer, round->tag_));
+    round->recv_peers_.push_back(e.peer);
   }
+  round->send_peers_ = round->row_.out;
+  post(round);
+  return round;
+}
+
+std::shared_ptr<Round> GossipEngine::exchange(const std::vector<std::pair<int, at::Tensor>>& sends,
+                                              const std::vector<std::pair<int, at::Tensor>>& recvs) {
+  auto round = std::make_shared<Round>();
+  round->gossip_ = false;
+  auto check = [&](int peer, const at::Tensor& t) {
+    SADDLE_CHECK_ARG(peer >= 0 && peer < size_ && peer != rank_, "exchange peer ", peer,
+                     " is not another rank of [0, ", size_, ")");
+    SADDLE_CHECK_ARG(t.defined() && t.device().is_cpu() && t.is_contiguous(),
+                     "exchange needs dense contiguous CPU tensors");
+  };
+  for (const auto& [peer, t] : recvs) {
+    check(peer, t);
+    round->recv_peers_.push_back(peer);
+    round->received_.push_back(t);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!broken_reason_.empty()) raise_broken();
+    round->tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
+    ++next_tag_;
+  }
+  for (const auto& [peer, t] : sends) {
+    check(peer, t);
+    round->send_peers_.push_back(peer);
+    round->exchange_sends_.push_back(t);  // kept alive until the round completes
+  }
+  post(round);
+  return round;
+}
+
+void GossipEngine::post(const std::shared_ptr<Round>& round) {
   // Receives are posted before sends, and nobody waits before everything is posted: no deadlock.
-  for (int peer : round->row_.out) {
-    std::vector<at::Tensor> buf{round->sent_};
-    round->sends_.push_back(backend_->send(buf, peer, round->tag_));
+  for (size_t j = 0; j < round->recv_peers_.size(); ++j) {
+    std::vector<at::Tensor> buf{round->received_[j]};
+    round->recvs_.push_back(backend_->recv(buf, round->recv_peers_[j], round->tag_));
+  }
+  for (size_t j = 0; j < round->send_peers_.size(); ++j) {
+    std::vector<at::Tensor> buf{round->gossip_ ? round->sent_ : round->exchange_sends_[j]};
+    round->sends_.push_back(backend_->send(buf, round->send_peers_[j], round->tag_));
   }
   round->posted_ = Clock::now();
   {
@@ -136,7 +174,6 @@ std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptio
     queue_.push_back(round);
   }
   queue_cv_.notify_one();
-  return round;
 }
 
 void GossipEngine::worker_loop() {
@@ -171,8 +208,8 @@ void GossipEngine::wait_round(Round& round) {
       error = msg.str();
     }
   };
-  for (size_t j = 0; j < round.recvs_.size(); ++j) wait_one(*round.recvs_[j], "recv", round.row_.in[j].peer);
-  for (size_t j = 0; j < round.sends_.size(); ++j) wait_one(*round.sends_[j], "send", round.row_.out[j]);
+  for (size_t j = 0; j < round.recvs_.size(); ++j) wait_one(*round.recvs_[j], "recv", round.recv_peers_[j]);
+  for (size_t j = 0; j < round.sends_.size(); ++j) wait_one(*round.sends_[j], "send", round.send_peers_[j]);
   const double transfer = seconds_since(round.posted_);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -186,22 +223,54 @@ void GossipEngine::wait_round(Round& round) {
   round.cv_.notify_all();
 }
 
-void GossipEngine::finish(const std::shared_ptr<Round>& round) {
-  SADDLE_CHECK_ARG(round != nullptr, "finish() needs the handle that start() returned");
+void GossipEngine::wait(const std::shared_ptr<Round>& round) {
+  SADDLE_CHECK_ARG(round != nullptr, "wait() needs the handle that start() returned");
   const auto t0 = Clock::now();
   {
     std::unique_lock<std::mutex> lock(round->mu_);
     SADDLE_CHECK_ARG(!round->finished_, "this gossip round was already finished");
+    if (round->waited_) return;
     round->cv_.wait(lock, [&] { return round->done_; });
-    round->finished_ = true;
+    round->waited_ = true;
   }
   const double blocked = seconds_since(t0);
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.wait_seconds += blocked;
   if (!round->error_.empty()) {
-    std::lock_guard<std::mutex> lock(mu_);
     if (broken_reason_.empty()) broken_reason_ = round->error_;
     graveyard_.push_back(round);
-    stats_.wait_seconds += blocked;
+    {
+      std::lock_guard<std::mutex> round_lock(round->mu_);
+      round->finished_ = true;
+    }
     throw PeerError("saddle_torch: " + round->error_);
+  }
+}
+
+std::vector<at::Tensor> GossipEngine::received(const std::shared_ptr<Round>& round) {
+  wait(round);
+  SADDLE_CHECK_ARG(round->gossip_, "received() is for gossip rounds; an exchange fills your buffers");
+  return round->received_;
+}
+
+void GossipEngine::finish(const std::shared_ptr<Round>& round) {
+  wait(round);
+  {
+    std::lock_guard<std::mutex> lock(round->mu_);
+    round->finished_ = true;
+  }
+  if (!round->gossip_) {
+    const auto count = [](const std::vector<at::Tensor>& ts) {
+      int64_t n = 0;
+      for (const auto& t : ts) n += static_cast<int64_t>(t.nbytes());
+      return n;
+    };
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.bytes_sent += count(round->exchange_sends_);
+    stats_.bytes_received += count(round->received_);
+    round->exchange_sends_.clear();
+    round->received_.clear();
+    return;
   }
   SADDLE_CHECK_ARG(round->x_.sizes() == round->sent_.sizes(),
                    "the tensor was resized between start() and finish()");
@@ -224,7 +293,6 @@ void GossipEngine::finish(const std::shared_ptr<Round>& round) {
     stats_.bytes_sent += nbytes * static_cast<int64_t>(round->row_.out.size());
     stats_.bytes_received += nbytes * static_cast<int64_t>(round->row_.in.size());
     stats_.rounds += 1;
-    stats_.wait_seconds += blocked;
   }
   if (round->options_.snapshot) round->received_.push_back(round->sent_);
   release(round->received_);

@@ -45,9 +45,12 @@ class Round {
 
  private:
   friend class GossipEngine;
+  bool gossip_ = true;  // false: a plain exchange (no mixing, caller-owned buffers)
   at::Tensor x_;
   at::Tensor sent_;  // x_ itself, or its snapshot
   std::vector<at::Tensor> received_;
+  std::vector<at::Tensor> exchange_sends_;
+  std::vector<int> recv_peers_, send_peers_;
   topology::Row row_;
   RoundOptions options_;
   int tag_ = 0;
@@ -56,6 +59,7 @@ class Round {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  bool waited_ = false;
   bool finished_ = false;
   std::string error_;
 };
@@ -79,14 +83,24 @@ class GossipEngine {
   // Every rank must start its rounds in the same order (as for collectives). Raises PeerError if an
   // earlier round failed: after a transport failure the group is unusable.
   std::shared_ptr<Round> start(const at::Tensor& x, const RoundOptions& options);
-  // Waits for the round and mixes in place: x ← x + γ Σ_j w_ij (x_j − base), base = x, or the
-  // snapshot taken at start. Raises PeerError naming the neighbour that failed or timed out.
+  // Posts a point-to-point exchange: sends[k].second to rank sends[k].first, and receives from
+  // recvs[k].first into recvs[k].second (caller-owned). Complete it with wait() or finish().
+  std::shared_ptr<Round> exchange(const std::vector<std::pair<int, at::Tensor>>& sends,
+                                  const std::vector<std::pair<int, at::Tensor>>& recvs);
+  // Blocks until every message of the round arrived; raises PeerError naming the neighbour that
+  // failed or timed out. Idempotent; does not mix.
+  void wait(const std::shared_ptr<Round>& round);
+  // The neighbours' tensors of a waited gossip round, in the order of the row's in-edges.
+  std::vector<at::Tensor> received(const std::shared_ptr<Round>& round);
+  // wait(), then for a gossip round mix in place: x ← x + γ Σ_j w_ij (x_j − base), base = x, or the
+  // snapshot taken at start. Releases the round's buffers.
   void finish(const std::shared_ptr<Round>& round);
 
   EngineStats stats() const;
   void reset_stats();
 
  private:
+  void post(const std::shared_ptr<Round>& round);
   void worker_loop();
   void wait_round(Round& round);
   // Receive and snapshot buffers are reused across rounds: warm pages, no allocation per round.

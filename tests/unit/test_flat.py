@@ -56,9 +56,18 @@ def test_optimizer_step_updates_the_buffer_and_training_matches() -> None:
 def test_mixed_dtypes_get_one_buffer_each_and_check_detects_moves() -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2).double())
     flat = FlatParameters(model)
-    assert set(k[0] for k in flat.buffers) == {torch.float32, torch.float64}
+    assert {k.dtype for k in flat.buffers} == {torch.float32, torch.float64}
     model[0].weight.data = torch.zeros(3, 3)
     with pytest.raises(RuntimeError, match="no longer lives in the flat buffer"):
         flat.check()
     with pytest.raises(ValueError, match="no trainable parameters"):
         FlatParameters([])
+
+
+def test_one_buffer_per_param_group() -> None:
+    model = _model()
+    groups = [{"params": list(model[0].parameters()), "lr": 0.1}, {"params": list(model[3].parameters())}]
+    flat = FlatParameters(groups)
+    assert [k.group for k in flat.buffers] == [0, 1]
+    assert [k.name() for k in flat.buffers] == ["params/0/float32/cpu", "params/1/float32/cpu"]
+    assert flat.buffers[next(iter(flat.buffers))].numel() == sum(p.numel() for p in model[0].parameters())

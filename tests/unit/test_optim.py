@@ -1,0 +1,265 @@
+"""Single-process checks of every algorithm's step against plain PyTorch references (world of one)."""
+
+import pytest
+import torch
+from torch import nn
+
+import saddle_torch as st
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _init():
+    st.init(topology="ring")
+    yield
+    st.shutdown()
+
+
+def _model(bn: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 8), nn.Tanh()]
+    if bn:
+        layers.append(nn.BatchNorm1d(8))
+    layers.append(nn.Linear(8, 3))
+    return nn.Sequential(*layers).double()
+
+
+def _batch(step: int = 0):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
+
+
+def _closure(model, opt, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def _grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _sam_grads(model, x, y, rho, adaptive=False):
+    """The two-pass SAM/ASAM gradient, written plainly."""
+    g = _grads(model, x, y)
+    ps = list(model.parameters())
+    if adaptive:
+        norm = torch.sqrt(sum(((p.abs() * gi) ** 2).sum() for p, gi in zip(ps, g)))
+        es = [rho * p * p * gi / (norm + 1e-12) for p, gi in zip(ps, g)]
+    else:
+        norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+        es = [rho * gi / (norm + 1e-12) for gi in g]
+    with torch.no_grad():
+        for p, e in zip(ps, es):
+            p.add_(e)
+    g2 = _grads(model, x, y)
+    with torch.no_grad():
+        for p, e in zip(ps, es):
+            p.sub_(e)
+    return g2
+
+
+def _assert_close(model_a, model_b, tol=1e-9):
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=tol, atol=tol), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("adaptive,rho", [(False, 0.05), (True, 0.5)])
+@pytest.mark.parametrize("order", ["atc", "awc"])
+def test_sam_dsgd_equals_two_pass_formula(adaptive: bool, rho: float, order: str) -> None:
+    model, ref = _model(), _model()
+    opt = st.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        model,
+        algorithm="sam-dsgd",
+        rho=rho,
+        adaptive=adaptive,
+        order=order,
+    )
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    for step in range(3):
+        x, y = _batch(step)
+        opt.step(_closure(model, opt, x, y))
+        g2 = _sam_grads(ref, x, y, rho, adaptive)
+        for p, g in zip(ref.parameters(), g2):
+            p.grad = g
+        ref_opt.step()
+        _assert_close(model, ref)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("algorithm", ["qgm", "q-saddle"])
+def test_qgm_and_q_saddle_follow_the_buffer_equations(algorithm: str, nesterov: bool) -> None:
+    lr, beta, wd, rho = 0.05, 0.9, 1e-3, 0.05
+    model, ref = _model(), _model()
+    opt = st.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd),
+        model,
+        algorithm=algorithm,
+        rho=rho,
+        beta=beta,
+        nesterov=nesterov,
+    )
+    params = list(ref.parameters())
+    m_hat = [torch.zeros_like(p) for p in params]
+    for step in range(4):
+        x, y = _batch(step)
+        opt.step(_closure(model, opt, x, y))
+        # Reference (ALGORITHMS.md, QGM): world of one, so gossip is the identity.
+        g = _sam_grads(ref, x, y, rho) if algorithm == "q-saddle" else _grads(ref, x, y)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                d = g[i] + wd * p
+                m = beta * m_hat[i] + d
+                u = d + beta * m if nesterov else m
+                x_prev = p.clone()
+                p.sub_(lr * u)
+                m_hat[i] = beta * m_hat[i] + (1 - beta) * (x_prev - p) / lr
+        _assert_close(model, ref)
+    # The QGM buffer itself matches too.
+    (m_flat,) = opt.saddle.m_hat.values()
+    assert torch.allclose(m_flat, torch.cat([m.reshape(-1) for m in m_hat]), atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", ["dsgd", "allreduce", "ngm"])
+def test_plain_algorithms_equal_the_wrapped_optimizer_alone(algorithm: str) -> None:
+    model, ref = _model(), _model()
+    opt = st.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model, algorithm=algorithm
+    )
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for step in range(3):
+        x, y = _batch(step)
+        opt.step(_closure(model, opt, x, y))
+        ref_opt.zero_grad()
+        nn.functional.cross_entropy(ref(x), y).backward()
+        ref_opt.step()
+        _assert_close(model, ref)
+
+
+def test_n_saddle_in_a_world_of_one_is_sam() -> None:
+    model, ref = _model(), _model()
+    opt = st.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, algorithm="n-saddle")
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    x, y = _batch()
+    opt.step(_closure(model, opt, x, y))
+    for p, g in zip(ref.parameters(), _sam_grads(ref, x, y, 0.05)):
+        p.grad = g
+    ref_opt.step()
+    _assert_close(model, ref)
+
+
+def test_weighted_sum_is_the_ngm_combination() -> None:
+    from saddle_torch import _ops
+
+    g = torch.randn(1000, dtype=torch.float64)
+    ys = [torch.randn(1000, dtype=torch.float64) for _ in range(3)]
+    w = [0.2, 0.3, 0.1]
+    expected = 0.4 * g + sum(wi * yi for wi, yi in zip(w, ys))
+    _ops.weighted_sum_(g, 0.4, ys, w)
+    assert torch.allclose(g, expected, atol=1e-12)
+
+
+def test_first_second_step_equals_closure_step() -> None:
+    a, b = _model(bn=True), _model(bn=True)
+    oa = st.DistributedOptimizer(torch.optim.SGD(a.parameters(), lr=0.1), a, algorithm="q-saddle")
+    ob = st.DistributedOptimizer(torch.optim.SGD(b.parameters(), lr=0.1), b, algorithm="q-saddle")
+    for step in range(3):
+        x, y = _batch(step)
+        oa.step(_closure(a, oa, x, y))
+        ob.zero_grad()
+        nn.functional.cross_entropy(b(x), y).backward()
+        ob.first_step(zero_grad=True)
+        nn.functional.cross_entropy(b(x), y).backward()
+        ob.second_step(zero_grad=True)
+        _assert_close(a, b, 1e-12)
+        assert torch.equal(a[2].running_mean, b[2].running_mean)
+
+
+def test_batchnorm_statistics_only_from_the_first_pass() -> None:
+    model, ref = _model(bn=True), _model(bn=True)
+    opt = st.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, algorithm="sam-dsgd")
+    x, y = _batch()
+    opt.step(_closure(model, opt, x, y))
+    ref(x)  # one forward pass in train mode
+    assert torch.equal(model[2].running_mean, ref[2].running_mean)
+    assert int(model[2].num_batches_tracked) == 1
+    model2 = _model(bn=True)
+    opt2 = st.DistributedOptimizer(
+        torch.optim.SGD(model2.parameters(), lr=0.1), model2, algorithm="sam-dsgd", bn_second_pass=True
+    )
+    opt2.step(_closure(model2, opt2, x, y))
+    assert int(model2[2].num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    ],
+)
+def test_wraps_any_optimizer_and_schedulers_see_it(make) -> None:
+    model = _model()
+    inner = make(model.parameters())
+    opt = st.DistributedOptimizer(inner, model, algorithm="sam-dsgd")
+    assert isinstance(opt, type(inner)) and isinstance(opt, torch.optim.Optimizer)
+    assert type(opt).__name__ == type(inner).__name__
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    lr0 = opt.param_groups[0]["lr"]
+    x, y = _batch()
+    loss0 = float(nn.functional.cross_entropy(model(x), y).detach())
+    for _ in range(5):
+        opt.step(_closure(model, opt, x, y))
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr0 / 32)
+    assert float(nn.functional.cross_entropy(model(x), y).detach()) < loss0
+    assert len(opt.state) > 0  # the wrapped optimizer's own state lives on
+
+
+def test_errors_say_how_to_call() -> None:
+    model = _model()
+    opt = st.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    with pytest.raises(ValueError, match="call opt.step\\(closure\\)"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="second_step\\(\\) called without first_step"):
+        opt.second_step()
+    with pytest.raises(ValueError, match="already wrapped"):
+        st.DistributedOptimizer(opt, model)
+    with pytest.raises(ValueError, match="unknown algorithm 'sgd'"):
+        st.DistributedOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1), algorithm="sgd")
+    with pytest.raises(ValueError, match="momentum=0"):
+        st.DistributedOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1, momentum=0.9), algorithm="qgm")
+    with pytest.raises(ValueError, match="order must be"):
+        st.DistributedOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1), order="both")
+    n = _model()
+    on = st.DistributedOptimizer(torch.optim.SGD(n.parameters(), lr=0.1), n, algorithm="n-saddle")
+    with pytest.raises(ValueError, match="needs step\\(closure\\)"):
+        on.first_step()
+
+
+def test_state_dict_round_trip_resumes_exactly(tmp_path) -> None:
+    def make():
+        m = _model()
+        return m, st.DistributedOptimizer(torch.optim.SGD(m.parameters(), lr=0.05), m, algorithm="q-saddle")
+
+    a, oa = make()
+    for step in range(2):
+        oa.step(_closure(a, oa, *_batch(step)))
+    st.save_checkpoint(tmp_path / "ck", a, oa)
+    for step in range(2, 4):
+        oa.step(_closure(a, oa, *_batch(step)))
+    b, ob = make()
+    st.load_checkpoint(tmp_path / "ck", b, ob)
+    assert ob.saddle.step == 2
+    for step in range(2, 4):
+        ob.step(_closure(b, ob, *_batch(step)))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert (tmp_path / "ck.rank0").exists()
