@@ -62,6 +62,8 @@ class SaddleRuntime:
     handles: dict[BufferKey, GossipHandle] = field(default_factory=dict)  # AWC rounds in flight
     models: dict[BufferKey, list[torch.Tensor]] = field(default_factory=dict)  # neighbours' models (NGM)
     model_step: int = 0  # topology step of this step's model round
+    # NGM: the cross-gradients received in the last step, {neighbour: {buffer: g_ij}} (for inspection).
+    cross_received: dict[int, dict[BufferKey, torch.Tensor]] = field(default_factory=dict)
     bn: sam_ops.BatchNormSnapshot | None = None
     phase: str = "idle"
 
@@ -297,6 +299,7 @@ def _cross_gradients(opt: Any, closure: Closure) -> None:
     ]
     for r in rounds:
         ctx.engine.finish(r)
+    s.cross_received = received
     w_self = topo.weights(rank, s.model_step)[rank]
     w_cols = [topo.weights(j, s.model_step)[rank] for j in outs]
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import traceback
@@ -31,7 +32,9 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, out: Any, a
     torch.set_num_threads(1)
     try:
         result = fn(rank, world, *args)
-        out.put((rank, "ok", result))
+        # Plain bytes: tensors sent through the queue itself would be shared by file descriptor, which
+        # fails once this process has exited.
+        out.put((rank, "ok", pickle.dumps(result)))
     except BaseException:  # noqa: BLE001 - every failure is reported to the parent
         out.put((rank, "error", traceback.format_exc()))
 
@@ -46,10 +49,12 @@ def run_ranks(
     *args: Any,
     timeout: float = 180.0,
     allow_missing: set[int] | None = None,
+    wait_for_exit: bool = False,
 ) -> dict[int, Any]:
     """Run ``fn(rank, world, *args)`` in ``world`` spawned processes; return ``{rank: result}``.
 
-    Ranks in ``allow_missing`` may die without reporting (fault-injection tests). Raises
+    Ranks in ``allow_missing`` may die without reporting (fault-injection tests); with
+    ``wait_for_exit`` the call also waits until those have exited (not for stopped ones). Raises
     ``RankFailure`` if any rank raised, and ``TimeoutError`` if ranks are still running after
     ``timeout`` seconds (they are killed).
     """
@@ -67,8 +72,15 @@ def run_ranks(
     import time
 
     deadline = time.monotonic() + timeout
+
+    def settled() -> bool:
+        # Every expected rank reported; every other rank reported or exited.
+        done = set(results) | set(errors)
+        exited = all(r in done or procs[r].exitcode is not None for r in range(world))
+        return expected <= done and (exited or not wait_for_exit)
+
     try:
-        while not expected <= (set(results) | set(errors)):
+        while not settled():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = sorted(expected - set(results) - set(errors))
@@ -82,7 +94,10 @@ def run_ranks(
                 for r in dead:
                     errors[r] = f"process exited with code {procs[r].exitcode} without reporting"
                 continue
-            (results if status == "ok" else errors)[rank] = value
+            if status == "ok":
+                results[rank] = pickle.loads(value)
+            else:
+                errors[rank] = value
     finally:
         for p in procs:
             p.join(timeout=5)
