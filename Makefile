@@ -43,6 +43,7 @@ demo: install
 
 bench: install
 	$(PYTHON) bench/gossip.py
+	$(PYTHON) bench/step.py
 
 lint:
 	$(PYTHON) -m ruff check saddle_torch tests bench examples
