@@ -7,7 +7,7 @@ STAMP := $(BUILD)/.installed
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all install deps native core-test py-test test demo bench lint format clean
+.PHONY: all install deps native core-test py-test test demo bench fuzz lint format clean
 
 all: install
 
@@ -32,6 +32,7 @@ core-test:
 	cmake -S . -B $(CORE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(CORE_BUILD) -j 2
 	$(CORE_BUILD)/saddle_core_tests --gtest_brief=1
+	$(CORE_BUILD)/decode_fuzz_smoke 5000
 
 py-test: install
 	$(PYTHON) -m pytest -q tests/unit tests/distributed
@@ -44,6 +45,14 @@ demo: install
 bench: install
 	$(PYTHON) bench/gossip.py
 	$(PYTHON) bench/step.py
+
+# Longer decoder fuzzing on demand (libFuzzer + ASan/UBSan; see tests/fuzz/README.md).
+fuzz:
+	command -v clang++ >/dev/null || apt-get install -y -qq clang
+	CXX=clang++ cmake -S . -B $(BUILD)/fuzz -G Ninja -DCMAKE_BUILD_TYPE=Release -DSADDLE_BUILD_FUZZ=ON >/dev/null
+	cmake --build $(BUILD)/fuzz -j 2 --target decode_fuzz decode_fuzz_asan
+	mkdir -p $(BUILD)/fuzz/corpus && $(BUILD)/fuzz/decode_fuzz_asan --seed-corpus $(BUILD)/fuzz/corpus 300
+	$(BUILD)/fuzz/decode_fuzz -max_total_time=$${FUZZ_SECONDS:-600} -max_len=8192 $(BUILD)/fuzz/corpus
 
 lint:
 	$(PYTHON) -m ruff check saddle_torch tests bench examples

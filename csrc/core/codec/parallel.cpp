@@ -67,7 +67,7 @@ class ThreadPool {
 
  private:
   // Claims tasks of job `gen` until none is left; task t covers an even share of [0, count). Claims
-  // go through the mutex (there are at most `threads` tasks) so a late worker never joins a newer job.
+  // go through the mutex (at most `threads` tasks a job) so a late worker never joins a newer job.
   void work(uint64_t gen) {
     for (;;) {
       const RangeFn* fn;

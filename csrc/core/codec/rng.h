@@ -1,5 +1,5 @@
-// Small counter-based random numbers: the same (seed, block, element) always gives the same draw, so
-// codec output does not depend on how work is split across threads.
+// Small counter-based random numbers: the same (seed, block, element) always gives the same draw,
+// so codec output does not depend on how work is split across threads.
 #pragma once
 
 #include <cstdint>
@@ -15,9 +15,7 @@ inline uint64_t splitmix64(uint64_t x) {
 }
 
 // Key of one block of one message: independent streams per (seed, block).
-inline uint64_t block_key(uint64_t seed, uint64_t block) {
-  return splitmix64(splitmix64(seed) ^ block);
-}
+inline uint64_t block_key(uint64_t seed, uint64_t block) { return splitmix64(splitmix64(seed) ^ block); }
 
 // 32-bit draw for element i of a block (lowbias32 by C. Wellons, a bijective mixer on 32 bits):
 // only 32-bit multiplies, so it vectorises on AVX2.
