@@ -19,11 +19,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from saddle_torch import topology
+from saddle_torch import compression, topology
 from saddle_torch import topology as _topology
 from saddle_torch.checkpoint import load_checkpoint, save_checkpoint
+from saddle_torch.compression import Compression
 from saddle_torch.context import GossipContext, GossipHandle, current, set_current
-from saddle_torch.errors import MismatchError, PeerError
+from saddle_torch.errors import CorruptMessageError, MismatchError, PeerError
 from saddle_torch.flat import FlatParameters
 from saddle_torch.optim import ALGORITHMS, DistributedOptimizer
 
@@ -41,6 +42,7 @@ def init(
     timeout: timedelta = timedelta(seconds=300),
     weights: str = "uniform",
     process_group: dist.ProcessGroup | None = None,
+    compression: Compression | str | None = None,
 ) -> GossipContext:
     """Initialise saddle_torch on every rank (collective).
 
@@ -55,6 +57,8 @@ def init(
             raising :class:`PeerError`.
         weights: ``"uniform"`` or ``"metropolis"`` for topologies given by name or graph.
         process_group: use this group instead of the default one (it needs a CPU/Gloo backend).
+        compression: default compression of every gossip round (``None``: exact), e.g.
+            ``Compression.int8`` or ``Compression.topk(0.1)``; CHOCO error feedback is applied.
 
     Returns:
         The :class:`GossipContext` now installed as the default.
@@ -77,7 +81,7 @@ def init(
             process_group = dist.new_group(backend="gloo", timeout=timeout)
     size = dist.get_world_size(process_group)
     topo = _topology.resolve(topology, size, weights)
-    ctx = GossipContext(process_group, topo, timeout)
+    ctx = GossipContext(process_group, topo, timeout, compression)
     set_current(ctx)
     return ctx
 
@@ -130,7 +134,11 @@ def _default_name(tensor: torch.Tensor) -> str:
 
 
 def neighbor_average_async(
-    tensor: torch.Tensor, gamma: float = 1.0, name: str | None = None, inplace: bool = False
+    tensor: torch.Tensor,
+    gamma: float = 1.0,
+    name: str | None = None,
+    inplace: bool = False,
+    compression: Compression | str | None = None,
 ) -> GossipHandle:
     """Start one gossip round on ``tensor`` and return a handle whose ``wait()`` gives the result.
 
@@ -144,19 +152,28 @@ def neighbor_average_async(
         name: identifies the tensor across ranks (default: derived from shape and dtype). The first
             round under a name checks that every rank has the same shape and dtype.
         inplace: average in place instead of into a copy.
+        compression: compress the round (CHOCO state is kept per ``name``); ``None`` uses the default
+            given to :func:`init`, ``Compression.none`` forces exact gossip.
 
     Raises:
         MismatchError: ranks registered different shapes or dtypes under this name.
         PeerError: (from ``wait()``) a neighbour died or stalled past the timeout.
+        CorruptMessageError: (from ``wait()``) a compressed message failed validation.
     """
-    return current().start(tensor, name or _default_name(tensor), gamma, inplace, snapshot=False)
+    return current().start(
+        tensor, name or _default_name(tensor), gamma, inplace, snapshot=False, compression=compression
+    )
 
 
 def neighbor_average(
-    tensor: torch.Tensor, gamma: float = 1.0, name: str | None = None, inplace: bool = False
+    tensor: torch.Tensor,
+    gamma: float = 1.0,
+    name: str | None = None,
+    inplace: bool = False,
+    compression: Compression | str | None = None,
 ) -> torch.Tensor:
     """One synchronous gossip round: returns ``Σ_j w_ij x_j`` (γ = 1); see :func:`neighbor_average_async`."""
-    return neighbor_average_async(tensor, gamma, name, inplace).wait()
+    return neighbor_average_async(tensor, gamma, name, inplace, compression).wait()
 
 
 def _tensors(
@@ -240,6 +257,9 @@ __all__ = [
     "stats",
     "PeerError",
     "MismatchError",
+    "CorruptMessageError",
+    "Compression",
+    "compression",
     "FlatParameters",
     "DistributedOptimizer",
     "ALGORITHMS",

@@ -31,3 +31,10 @@ sam_restore = _C.sam_restore
 qgm_direction = _C.qgm_direction
 qgm_buffer_update = _C.qgm_buffer_update
 weighted_sum_ = _C.weighted_sum_
+
+# Codecs and compressed gossip.
+CorruptMessageError = _C.CorruptMessageError
+make_codec = _C.make_codec
+codec_encode = _C.codec_encode
+codec_decode = _C.codec_decode
+codec_decode_add = _C.codec_decode_add

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from saddle_torch import _ops
+from saddle_torch.compression import Compression
+from saddle_torch.compression import resolve as resolve_compression
 from saddle_torch.errors import MismatchError
 from saddle_torch.topology import Topology
 
@@ -73,9 +75,16 @@ class GossipContext:
         group: a process group with a CPU (Gloo) backend.
         topology: the initial topology (its size must equal the group's).
         timeout: how long a gossip round waits for a neighbour before raising ``PeerError``.
+        compression: default compression of gossip rounds (``None``: exact).
     """
 
-    def __init__(self, group: dist.ProcessGroup, topology: Topology, timeout: timedelta) -> None:
+    def __init__(
+        self,
+        group: dist.ProcessGroup,
+        topology: Topology,
+        timeout: timedelta,
+        compression: Compression | str | None = None,
+    ) -> None:
         self.group = group
         self.timeout = timeout
         self.rank = dist.get_rank(group)
@@ -84,6 +93,8 @@ class GossipContext:
         self._check_topology_agreement(topology)
         self.topology = topology
         self.engine = _ops.GossipEngine(backend, topology._native, timeout.total_seconds())
+        self.compression = resolve_compression(compression)
+        self._choco: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (x̂, s)
         self._registered: dict[str, list[int]] = {}
         self._steps: dict[str, int] = {}
         self._prefixes: dict[str, int] = {}
@@ -149,10 +160,22 @@ class GossipContext:
 
     # -- gossip ---------------------------------------------------------------------------------
     def start(
-        self, tensor: torch.Tensor, name: str, gamma: float, inplace: bool, snapshot: bool
+        self,
+        tensor: torch.Tensor,
+        name: str,
+        gamma: float,
+        inplace: bool,
+        snapshot: bool,
+        compression: Compression | str | None = None,
     ) -> GossipHandle:
-        """Register (first time), then post one round; see :func:`saddle_torch.neighbor_average_async`."""
+        """Register (first time), then post one round; see :func:`saddle_torch.neighbor_average_async`.
+
+        ``compression=None`` uses the context's default; ``Compression.none`` forces exact gossip.
+        """
+        comp = self.compression if compression is None else resolve_compression(compression)
         self.register(name, tensor)
+        if comp is not None:
+            return self._start_compressed(tensor, name, gamma, inplace, comp)
         step = self._steps.get(name, 0)
         result = tensor if inplace else tensor.clone()
         if result.device.type == "cpu" and result.is_contiguous():
@@ -164,6 +187,38 @@ class GossipContext:
         handle = self.engine.start(staged, step, gamma, snapshot and staged is result)
         self._steps[name] = step + 1
         return GossipHandle(self, handle, result, staged, staged_snapshot)
+
+    def _start_compressed(
+        self, tensor: torch.Tensor, name: str, gamma: float, inplace: bool, comp: Compression
+    ) -> GossipHandle:
+        if tensor.dtype != torch.float32:
+            raise ValueError(f"compressed gossip works on float32 tensors, got {tensor.dtype} for {name!r}")
+        if self.topology.period != 1:
+            raise ValueError(f"compressed gossip (CHOCO) needs a static topology, not {self.topology.name}")
+        step = self._steps.get(name, 0)
+        result = tensor if inplace else tensor.clone()
+        on_cpu = result.device.type == "cpu" and result.is_contiguous()
+        staged = result if on_cpu else result.detach().to("cpu", copy=True).contiguous()
+        flat = staged.view(-1)
+        state = self.choco_state(name, flat.numel())
+        snapshot = None if on_cpu else staged.clone()  # staged copies get the CHOCO delta added back
+        handle = self.engine.start_compressed(
+            flat, state[0], state[1], step, gamma, comp.native, comp.error_feedback, zlib.crc32(name.encode())
+        )
+        self._steps[name] = step + 1
+        return GossipHandle(self, handle, result, staged, snapshot)
+
+    def choco_state(self, name: str, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """CHOCO's (x̂, s) of ``name``, created as zeros on first use (float32, CPU)."""
+        state = self._choco.get(name)
+        if state is None:
+            state = (torch.zeros(numel, dtype=torch.float32), torch.zeros(numel, dtype=torch.float32))
+            self._choco[name] = state
+        elif state[0].numel() != numel:
+            raise MismatchError(
+                f"CHOCO state of {name!r} has {state[0].numel()} elements, the tensor {numel}"
+            )
+        return state
 
     def step_of(self, name: str) -> int:
         """Number of rounds done so far under ``name`` (selects the phase of a time-varying topology)."""

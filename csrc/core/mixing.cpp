@@ -46,6 +46,15 @@ void mix(T* x, const T* s, const T* const* y, const Coefficients& k, size_t begi
   }
 }
 
+template <typename T>
+void choco_step(T* x, const T* s, const T* x_hat, double gamma, size_t begin, size_t end) {
+  SADDLE_CHECK(x != nullptr && s != nullptr && x_hat != nullptr && begin <= end, "bad range");
+  const T g = static_cast<T>(gamma);
+  for (size_t i = begin; i < end; ++i) x[i] += g * (s[i] - x_hat[i]);
+}
+
+template void choco_step<float>(float*, const float*, const float*, double, size_t, size_t);
+template void choco_step<double>(double*, const double*, const double*, double, size_t, size_t);
 template void mix<float>(float*, const float*, const float* const*, const Coefficients&, size_t, size_t);
 template void mix<double>(double*, const double*, const double* const*, const Coefficients&, size_t,
                           size_t);

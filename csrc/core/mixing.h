@@ -24,4 +24,9 @@ Coefficients gossip_coefficients(const topology::Row& row, double gamma, bool sn
 template <typename T>
 void mix(T* x, const T* s, const T* const* y, const Coefficients& k, size_t begin, size_t end);
 
+// CHOCO's consensus step x ← x + γ (s − x̂) on [begin, end): the difference first, so s = x̂ leaves x
+// unchanged exactly.
+template <typename T>
+void choco_step(T* x, const T* s, const T* x_hat, double gamma, size_t begin, size_t end);
+
 }  // namespace saddle::mixing

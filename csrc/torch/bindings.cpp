@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "core/topology/generators.h"
+#include "torch/codec_ops.h"
 #include "torch/errors.h"
 #include "torch/gossip_engine.h"
 #include "torch/optim_ops.h"
@@ -82,6 +83,15 @@ void bind_engine(py::module_& m) {
           },
           py::arg("tensor"), py::arg("step"), py::arg("gamma") = 1.0, py::arg("snapshot") = false,
           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "start_compressed",
+          [](st::GossipEngine& e, const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& s, int64_t step,
+             double gamma, const st::CodecPtr& codec, bool error_feedback, uint64_t name_hash) {
+            return e.start_compressed(x, x_hat, s, st::RoundOptions{step, gamma, false},
+                                      st::CompressionOptions{codec, error_feedback, name_hash});
+          },
+          py::arg("tensor"), py::arg("x_hat"), py::arg("s"), py::arg("step"), py::arg("gamma"), py::arg("codec"),
+          py::arg("error_feedback"), py::arg("name_hash"), py::call_guard<py::gil_scoped_release>())
       .def("exchange", &st::GossipEngine::exchange, py::arg("sends"), py::arg("recvs"),
            py::call_guard<py::gil_scoped_release>())
       .def("wait", &st::GossipEngine::wait, py::call_guard<py::gil_scoped_release>())
@@ -114,12 +124,30 @@ void bind_optim(py::module_& m) {
   m.def("weighted_sum_", &st::weighted_sum_, arg("out"), arg("a"), arg("ys"), arg("b"), nogil);
 }
 
+void bind_codecs(py::module_& m) {
+  using py::arg;
+  namespace codec = saddle::codec;
+  py::class_<codec::Codec, st::CodecPtr>(m, "Codec")
+      .def_property_readonly("name", [](const codec::Codec& c) { return codec::codec_name(c.spec().id); })
+      .def_property_readonly("unbiased", &codec::Codec::unbiased)
+      .def("encoded_bytes", &codec::Codec::encoded_bytes, arg("n"))
+      .def("__repr__", &st::codec_repr);
+  m.def("make_codec", &st::make_codec, arg("name"), arg("bits"), arg("ratio"), arg("block_size"));
+  m.def("codec_encode", &st::encode, arg("codec"), arg("x"), arg("seed"), py::call_guard<py::gil_scoped_release>());
+  m.def("codec_decode", &st::decode, arg("codec"), arg("msg"), arg("n"), arg("seed"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("codec_decode_add", &st::decode_add, arg("codec"), arg("msg"), arg("seed"), arg("alpha"), arg("acc"),
+        py::call_guard<py::gil_scoped_release>());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "saddle_torch native extension (import it only through saddle_torch._ops)";
   py::register_exception<st::PeerError>(m, "PeerError", PyExc_RuntimeError);
+  py::register_exception<saddle::codec::CorruptMessage>(m, "CorruptMessageError", PyExc_RuntimeError);
   bind_topology(m);
   bind_engine(m);
   bind_optim(m);
+  bind_codecs(m);
 }

@@ -128,6 +128,99 @@ std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptio
   return round;
 }
 
+std::shared_ptr<Round> GossipEngine::start_compressed(const at::Tensor& x, const at::Tensor& x_hat,
+                                                      const at::Tensor& s, const RoundOptions& options,
+                                                      const CompressionOptions& compression) {
+  SADDLE_CHECK_ARG(compression.codec != nullptr, "compressed gossip needs a codec");
+  for (const at::Tensor* t : {&x, &x_hat, &s})
+    SADDLE_CHECK_ARG(t->defined() && t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                         t->numel() == x.numel(),
+                     "compressed gossip needs contiguous float32 CPU tensors x, x_hat, s of one size");
+  auto round = std::make_shared<Round>();
+  std::shared_ptr<topology::Topology> topo;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!broken_reason_.empty()) raise_broken();
+    topo = topology_;
+    round->tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
+    ++next_tag_;
+  }
+  SADDLE_CHECK_ARG(topo->period() == 1, "compressed gossip (CHOCO) needs a static topology; '", topo->name(),
+                   "' changes every step");
+  round->x_ = x;
+  round->options_ = options;
+  round->row_ = topo->row(rank_, options.step);
+  round->compression_ = compression;
+  round->x_hat_ = x_hat;
+  round->s_ = s;
+  const codec::Codec& codec = *compression.codec;
+  round->own_seed_ = message_seed(compression.name_hash, options.step, rank_);
+  // The message: C(x − x̂) with error feedback, C(x) without.
+  at::Tensor source = x;
+  if (compression.error_feedback) {
+    source = acquire(x);
+    at::sub_out(source, x, x_hat);
+  }
+  const int64_t bytes = static_cast<int64_t>(codec.encoded_bytes(static_cast<size_t>(x.numel())));
+  round->sent_ = acquire(bytes, at::kByte);
+  codec.encode(source.data_ptr<float>(), static_cast<size_t>(x.numel()), round->own_seed_,
+               round->sent_.data_ptr<uint8_t>(), static_cast<size_t>(bytes), aten_parallel());
+  if (compression.error_feedback) {
+    std::vector<at::Tensor> scratch{source};
+    release(scratch);
+  }
+  for (const auto& e : round->row_.in) {
+    round->received_.push_back(acquire(bytes, at::kByte));
+    round->recv_peers_.push_back(e.peer);
+    round->recv_seeds_.push_back(message_seed(compression.name_hash, options.step, e.peer));
+  }
+  round->send_peers_ = round->row_.out;
+  post(round);
+  return round;
+}
+
+void GossipEngine::finish_compressed(Round& round) {
+  const codec::Codec& codec = *round.compression_.codec;
+  const codec::Parallel par = aten_parallel();
+  const size_t n = static_cast<size_t>(round.x_.numel());
+  // Validate every message before anything is written: a bad one leaves x, x̂ and s untouched.
+  for (size_t j = 0; j < round.received_.size(); ++j) {
+    try {
+      codec.validate(round.received_[j].data_ptr<uint8_t>(), static_cast<size_t>(round.received_[j].numel()), n,
+                     round.recv_seeds_[j], par);
+    } catch (const codec::CorruptMessage& e) {
+      std::lock_guard<std::mutex> lock(mu_);
+      const std::string what = "rank " + std::to_string(rank_) + ": corrupted gossip message from neighbour " +
+                               std::to_string(round.recv_peers_[j]) + ": " + e.what();
+      if (broken_reason_.empty()) broken_reason_ = what;
+      throw codec::CorruptMessage(what);
+    }
+  }
+  const double gamma = round.options_.gamma;
+  auto add = [&](const at::Tensor& msg, uint64_t seed, double alpha, at::Tensor& acc) {
+    codec.decode_add(msg.data_ptr<uint8_t>(), static_cast<size_t>(msg.numel()), n, seed, static_cast<float>(alpha),
+                     acc.data_ptr<float>(), par);
+  };
+  if (round.compression_.error_feedback) {
+    add(round.sent_, round.own_seed_, 1.0, round.x_hat_);
+    add(round.sent_, round.own_seed_, round.row_.self_weight, round.s_);
+    for (size_t j = 0; j < round.received_.size(); ++j)
+      add(round.received_[j], round.recv_seeds_[j], round.row_.in[j].weight, round.s_);
+    float* xp = round.x_.data_ptr<float>();
+    const float* sp = round.s_.data_ptr<float>();
+    const float* hp = round.x_hat_.data_ptr<float>();
+    at::parallel_for(0, round.x_.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+      mixing::choco_step<float>(xp, sp, hp, gamma, static_cast<size_t>(b), static_cast<size_t>(e));
+    });
+  } else {
+    double total = 0.0;
+    for (const auto& e : round.row_.in) total += e.weight;
+    add(round.sent_, round.own_seed_, -gamma * total, round.x_);
+    for (size_t j = 0; j < round.received_.size(); ++j)
+      add(round.received_[j], round.recv_seeds_[j], gamma * round.row_.in[j].weight, round.x_);
+  }
+}
+
 std::shared_ptr<Round> GossipEngine::exchange(const std::vector<std::pair<int, at::Tensor>>& sends,
                                               const std::vector<std::pair<int, at::Tensor>>& recvs) {
   auto round = std::make_shared<Round>();
@@ -272,6 +365,21 @@ void GossipEngine::finish(const std::shared_ptr<Round>& round) {
     round->received_.clear();
     return;
   }
+  if (round->compression_.codec) {
+    finish_compressed(*round);
+    const int64_t msg_bytes = round->sent_.numel();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.bytes_sent += msg_bytes * static_cast<int64_t>(round->row_.out.size());
+      for (const auto& r : round->received_) stats_.bytes_received += r.numel();
+      stats_.rounds += 1;
+    }
+    round->received_.push_back(round->sent_);
+    release(round->received_);
+    round->sent_ = at::Tensor();
+    round->x_ = round->x_hat_ = round->s_ = at::Tensor();
+    return;
+  }
   SADDLE_CHECK_ARG(round->x_.sizes() == round->sent_.sizes(),
                    "the tensor was resized between start() and finish()");
   const mixing::Coefficients k =
@@ -301,17 +409,21 @@ void GossipEngine::finish(const std::shared_ptr<Round>& round) {
 }
 
 at::Tensor GossipEngine::acquire(const at::Tensor& like) {
+  return acquire(like.numel(), like.scalar_type()).view(like.sizes());
+}
+
+at::Tensor GossipEngine::acquire(int64_t numel, at::ScalarType dtype) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = pool_.begin(); it != pool_.end(); ++it) {
-      if (it->numel() == like.numel() && it->scalar_type() == like.scalar_type()) {
+      if (it->numel() == numel && it->scalar_type() == dtype) {
         at::Tensor t = std::move(*it);
         pool_.erase(it);
-        return t.view(like.sizes());
+        return t.view({numel});
       }
     }
   }
-  return at::empty_like(like, at::MemoryFormat::Contiguous);
+  return at::empty({numel}, dtype);
 }
 
 void GossipEngine::release(std::vector<at::Tensor>& buffers) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/topology/topology.h"
+#include "torch/codec_ops.h"
 
 namespace saddle::torch_ext {
 
@@ -28,6 +29,14 @@ struct RoundOptions {
   int64_t step = 0;       // selects the phase of a time-varying topology
   double gamma = 1.0;     // x ← x + γ Σ_j w_ij (x_j − x)
   bool snapshot = false;  // copy x at start, so the caller may modify x before finish()
+};
+
+// Compressed gossip (CHOCO, Koloskova et al. 2019) for one round.
+struct CompressionOptions {
+  CodecPtr codec;
+  // true: CHOCO with error feedback (x̂, s); false: naive x ← x + γ Σ_j w_ij (C(x_j) − C(x_i)).
+  bool error_feedback = true;
+  uint64_t name_hash = 0;  // seeds the codecs' randomness, the same on every rank
 };
 
 struct EngineStats {
@@ -51,6 +60,11 @@ class Round {
   std::vector<at::Tensor> received_;
   std::vector<at::Tensor> exchange_sends_;
   std::vector<int> recv_peers_, send_peers_;
+  // Compressed rounds: the codec, CHOCO state (caller-owned), message seeds (own, then per in-edge).
+  CompressionOptions compression_;
+  at::Tensor x_hat_, s_;
+  uint64_t own_seed_ = 0;
+  std::vector<uint64_t> recv_seeds_;
   topology::Row row_;
   RoundOptions options_;
   int tag_ = 0;
@@ -83,6 +97,11 @@ class GossipEngine {
   // Every rank must start its rounds in the same order (as for collectives). Raises PeerError if an
   // earlier round failed: after a transport failure the group is unusable.
   std::shared_ptr<Round> start(const at::Tensor& x, const RoundOptions& options);
+  // Posts one compressed round of a static topology: encodes C(x − x̂) (CHOCO) or C(x) (naive),
+  // sends it, receives the neighbours' messages. finish() validates every message, then updates
+  // x̂ += C_i, s += Σ_{j∈N(i)∪{i}} w_ij C_j and x += γ (s − x̂). x, x̂, s: float32, same size.
+  std::shared_ptr<Round> start_compressed(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& s,
+                                          const RoundOptions& options, const CompressionOptions& compression);
   // Posts a point-to-point exchange: sends[k].second to rank sends[k].first, and receives from
   // recvs[k].first into recvs[k].second (caller-owned). Complete it with wait() or finish().
   std::shared_ptr<Round> exchange(const std::vector<std::pair<int, at::Tensor>>& sends,
@@ -105,6 +124,8 @@ class GossipEngine {
   void wait_round(Round& round);
   // Receive and snapshot buffers are reused across rounds: warm pages, no allocation per round.
   at::Tensor acquire(const at::Tensor& like);
+  at::Tensor acquire(int64_t numel, at::ScalarType dtype);
+  void finish_compressed(Round& round);
   void release(std::vector<at::Tensor>& buffers);
   [[noreturn]] void raise_broken() const;
 

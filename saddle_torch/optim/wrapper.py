@@ -17,6 +17,8 @@ import torch.distributed as dist
 from torch import nn
 
 from saddle_torch import _ops, context
+from saddle_torch.compression import Compression
+from saddle_torch.compression import resolve as resolve_compression
 from saddle_torch.context import GossipContext, GossipHandle
 from saddle_torch.flat import BufferKey, FlatParameters
 from saddle_torch.optim import allreduce, dsgd, n_saddle, ngm, q_saddle, qgm, sam_dsgd
@@ -43,6 +45,7 @@ class SaddleConfig:
     mu: float
     cross_sam: bool
     bn_second_pass: bool
+    compression: Compression | None = None
 
 
 @dataclass
@@ -179,6 +182,11 @@ class _DistributedOptimizer:
             "step": s.step,
             "m_hat": {k.name(): t.clone() for k, t in s.m_hat.items()},
             "gossip_steps": {k.name(): s.ctx.step_of(s.name(k)) for k in s.flat.buffers},
+            "choco": {
+                k.name(): tuple(t.clone() for t in s.ctx._choco[s.name(k)])
+                for k in s.flat.buffers
+                if s.name(k) in s.ctx._choco
+            },
         }
         return sd
 
@@ -209,6 +217,12 @@ class _DistributedOptimizer:
             if name not in by_name:
                 raise ValueError(f"checkpoint buffer {name} does not exist in this model")
             s.ctx.set_step(s.name(by_name[name]), int(step))
+        for name, (x_hat, s_sum) in extra.get("choco", {}).items():
+            if name not in by_name:
+                raise ValueError(f"checkpoint CHOCO state {name} does not exist in this model")
+            mine = s.ctx.choco_state(s.name(by_name[name]), x_hat.numel())
+            mine[0].copy_(x_hat)
+            mine[1].copy_(s_sum)
 
 
 # --- the step, in pieces ---------------------------------------------------------------------------
@@ -241,7 +255,9 @@ def _begin(opt: Any) -> None:
     s.handles, s.models = {}, {}
     if cfg.algorithm.gossip and cfg.order == "awc":
         for key, x in s.flat.buffers.items():
-            s.handles[key] = ctx.start(x, s.name(key), cfg.gamma, inplace=True, snapshot=True)
+            s.handles[key] = ctx.start(
+                x, s.name(key), cfg.gamma, inplace=True, snapshot=True, compression=cfg.compression
+            )
     elif cfg.algorithm.cross:
         s.models = _exchange_models(s)
 
@@ -342,7 +358,7 @@ def _finish(opt: Any) -> None:
                 h.wait()
         else:
             pending = [
-                ctx.start(x, s.name(k), cfg.gamma, inplace=True, snapshot=False)
+                ctx.start(x, s.name(k), cfg.gamma, inplace=True, snapshot=False, compression=cfg.compression)
                 for k, x in s.flat.buffers.items()
             ]
             for h in pending:
@@ -370,6 +386,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     qgm_mu: float | None = None,
     cross_sam: bool = True,
     bn_second_pass: bool = False,
+    compression: Compression | str | None = None,
     ctx: GossipContext | None = None,
 ) -> torch.optim.Optimizer:
     """Wrap ``optimizer`` so that every ``step()`` is a decentralized (and, for SADDLe, sharpness-aware) step.
@@ -395,6 +412,9 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         qgm_mu: QGM buffer averaging μ (default: ``beta``).
         cross_sam: N-SADDLe cross-gradients use SAM too.
         bn_second_pass: let the extra passes update BatchNorm running statistics.
+        compression: compress the parameter gossip with CHOCO error feedback (``None``: the default
+            given to :func:`saddle_torch.init`); pair it with a ``gamma`` < 1 from
+            :func:`saddle_torch.compression.tune_gamma`.
         ctx: gossip context (default: the one :func:`saddle_torch.init` created).
 
     Returns:
@@ -440,6 +460,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         beta if qgm_mu is None else qgm_mu,
         cross_sam,
         bn_second_pass,
+        ctx.compression if compression is None else resolve_compression(compression),
     )
     runtime = SaddleRuntime(cfg, ctx, model, flat, base, prefix=ctx.new_prefix("opt"))
     for key, x in flat.buffers.items():

@@ -90,3 +90,19 @@ TEST(Mixing, PreservesTheAverage) {
 
 }  // namespace
 }  // namespace saddle::mixing
+
+namespace saddle::mixing {
+namespace {
+
+TEST(Mixing, ChocoStepIsExactWhenPublicCopiesAgree) {
+  std::vector<float> x{1.5f, -2.25f, 3.0f}, s{0.1f, 0.2f, 0.3f}, h = s;
+  const std::vector<float> x0 = x;
+  choco_step<float>(x.data(), s.data(), h.data(), 0.7, 0, 3);
+  EXPECT_EQ(x, x0);
+  h = {0.0f, 0.0f, 0.0f};
+  choco_step<float>(x.data(), s.data(), h.data(), 0.5, 0, 3);
+  for (int i = 0; i < 3; ++i) EXPECT_FLOAT_EQ(x[i], x0[i] + 0.5f * s[i]);
+}
+
+}  // namespace
+}  // namespace saddle::mixing

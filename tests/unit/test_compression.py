@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+import saddle_torch as st
+from saddle_torch import _ops
+from saddle_torch import topology as T
+from saddle_torch.compression import Compression, resolve, roundtrip, simulate_consensus, tune_gamma
+
+
+def test_exact_message_sizes_and_ratios() -> None:
+    n = 1 << 20
+    assert Compression.none.is_none and resolve(Compression.none) is None and resolve(None) is None
+    assert Compression.fp16.encoded_bytes(n) == 48 + 2 * n
+    assert Compression.int8.encoded_bytes(n) == 48 + 4 * math.ceil(n / 256) + n
+    assert Compression.qsgd(4).encoded_bytes(n) == 48 + 4 * math.ceil(n / 256) + n // 2
+    assert Compression.topk(0.1).encoded_bytes(n) == 48 + 8 * math.ceil(0.1 * n)
+    assert Compression.randk(0.1).encoded_bytes(n) == 48 + 4 * math.ceil(0.1 * n)
+    assert Compression.sign.encoded_bytes(n) == 48 + 4 * (n // 256) + n // 8
+    assert Compression.int8.compression_ratio(n) == pytest.approx(3.94, abs=0.01)  # a scale per block
+    assert Compression.topk(0.12).compression_ratio(n) > 4.0
+
+
+def test_resolve_strings_and_bad_parameters() -> None:
+    assert resolve("int8") == Compression.int8
+    assert resolve("topk:0.25") == Compression.topk(0.25)
+    assert resolve("qsgd:4") == Compression.qsgd(4)
+    with pytest.raises(ValueError, match="unknown compression"):
+        resolve("zip")
+    with pytest.raises(ValueError, match="needs a ratio"):
+        resolve("topk")
+    with pytest.raises(ValueError):
+        Compression.topk(1.5)
+    with pytest.raises(ValueError):
+        Compression.qsgd(3)
+
+
+@pytest.mark.parametrize(
+    "comp,tol", [(Compression.fp16, 1e-3), (Compression.bf16, 1e-2), (Compression.int8, 2e-2)]
+)
+def test_roundtrip_accuracy(comp: Compression, tol: float) -> None:
+    x = torch.randn(4096)
+    assert float((roundtrip(comp, x) - x).norm() / x.norm()) < tol
+
+
+def test_topk_keeps_the_largest_entries() -> None:
+    x = torch.randn(1000)
+    c = roundtrip(Compression.topk(0.05), x)
+    kept = c.nonzero().reshape(-1)
+    assert kept.numel() == 50
+    assert set(kept.tolist()) == set(x.abs().topk(50).indices.tolist())
+    assert torch.equal(c[kept], x[kept])
+
+
+def test_corrupted_messages_raise_before_writing() -> None:
+    comp = Compression.int8
+    x = torch.randn(1000)
+    msg = _ops.codec_encode(comp.native, x, 7)
+    acc = torch.zeros(1000)
+    with pytest.raises(st.CorruptMessageError, match="truncated"):
+        _ops.codec_decode_add(comp.native, msg[:-10].contiguous(), 7, 1.0, acc)
+    bad = msg.clone()
+    bad[20] ^= 0xFF  # element count byte
+    with pytest.raises(st.CorruptMessageError):
+        _ops.codec_decode_add(comp.native, bad, 7, 1.0, acc)
+    with pytest.raises(st.CorruptMessageError):
+        _ops.codec_decode_add(Compression.sign.native, msg, 7, 1.0, acc)
+    assert torch.count_nonzero(acc) == 0
+
+
+def test_choco_reaches_consensus_where_naive_compression_stalls() -> None:
+    ring = T.ring(8)
+    for comp in (Compression.int8, Compression.topk(0.1)):
+        gamma = tune_gamma(ring, comp, rounds=100, dim=300)
+        assert 0 < gamma <= 1
+        assert simulate_consensus(ring, comp, gamma, rounds=400, dim=300) < 1e-4
+        assert simulate_consensus(ring, comp.without_error_feedback(), gamma, rounds=400, dim=300) > 1e-3
+
+
+def test_world_of_one_compressed_round_is_exact_and_validates_inputs() -> None:
+    st.init(compression="int8")
+    try:
+        x = torch.randn(100)
+        assert torch.equal(st.neighbor_average(x), x)
+        with pytest.raises(ValueError, match="float32"):
+            st.neighbor_average(torch.randn(10, dtype=torch.float64))
+        st.set_topology("one_peer_exponential")
+        assert torch.equal(st.neighbor_average(x, compression=Compression.none), x)
+    finally:
+        st.shutdown()
+
+
+def test_compression_pickles() -> None:
+    import pickle
+
+    c = Compression.topk(0.2).without_error_feedback()
+    d = pickle.loads(pickle.dumps(c))
+    assert d == c and d.encoded_bytes(100) == c.encoded_bytes(100)
