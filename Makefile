@@ -40,7 +40,7 @@ py-test: install
 test: install core-test py-test
 
 demo: install
-	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) examples/gossip_demo.py
+	$(PYTHON) examples/demo.py --nproc $(NPROC)
 
 bench: install
 	$(PYTHON) bench/gossip.py

@@ -1,0 +1,559 @@
+r"""Decentralized training on a non-IID (Dirichlet or shard) split: every rank gossips with its neighbours.
+
+    torchrun --standalone --nproc_per_node=4 examples/train.py --dataset digits --alpha 0.1 \
+        --algorithm q-saddle --epochs 20
+    torchrun --standalone --nproc_per_node=4 examples/train.py --dataset fashion-mnist --algorithm dsgd
+    python examples/train.py --dataset digits            # a world of one
+
+Rank 0 writes ``log.json``, ``log.csv``, ``plot.png`` and ``model.pt`` (the averaged model) to ``--out``.
+A driver can call :func:`run` with a list of flags on every rank instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F  # noqa: N812 - the usual name
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
+
+import saddle_torch as st
+from saddle_torch.context import current
+from saddle_torch.data import DirichletPartition, Partition, PartitionSampler, ShardPartition, dataset_labels
+
+QGM_ALGORITHMS = ("qgm", "q-saddle")  # momentum is the QGM β, the wrapped SGD runs without momentum
+
+
+def sibling(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` by path, so it works under torchrun, python and importlib alike."""
+    key = f"saddle_examples.{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+datasets = sibling("datasets")
+models = sibling("models")
+
+
+# --- command line ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of :func:`run`."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--dataset", choices=datasets.DATASETS, default="digits")
+    a("--data-dir", default=None, help="where the data set's files are (default depends on --dataset)")
+    a("--download", action="store_true", help="cifar10: download into --data-dir when missing")
+    a("--model", choices=models.MODELS, default="cnn")
+    a("--algorithm", choices=list(st.ALGORITHMS), default="q-saddle")
+    a("--topology", default="ring", help="passed to saddle_torch.init (ring, torus, exponential, ...)")
+    a("--partition", choices=("dirichlet", "shards"), default="dirichlet")
+    a("--alpha", type=float, default=0.1, help="Dirichlet concentration (small: more skewed)")
+    a("--shards-per-rank", type=int, default=2, help="--partition shards: shards per rank")
+    a("--epochs", type=float, default=10, help="passes over the training set, summed over ranks")
+    a("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    a("--batch-size", type=int, default=32, help="per rank")
+    a("--lr", type=float, default=0.05)
+    a("--schedule", choices=("constant", "cosine"), default="cosine", help="learning-rate schedule")
+    a("--momentum", type=float, default=0.9, help="local Nesterov momentum; the QGM β for qgm/q-saddle")
+    a("--weight-decay", type=float, default=5e-4)
+    a("--rho", type=float, default=0.05, help="SAM radius (SAM algorithms)")
+    a("--order", choices=("awc", "atc"), default="awc")
+    a("--seed", type=int, default=0, help="model init, partition and shuffling")
+    a("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
+    a("--eval-samples", type=int, default=0, help="evaluate on the first N test samples (0: all)")
+    a("--out", default=None, help="output directory (default runs/<time>-<dataset>-<algorithm>)")
+    a("--checkpoint", action="store_true", help="write <out>/ckpt/<rank>.pt after every epoch")
+    a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoints")
+    a("--threads", type=int, default=1, help="intra-op threads per rank")
+    a("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags.
+
+    Raises:
+        SystemExit: invalid flags (argparse's usage message).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    checks = [
+        (args.epochs > 0, "--epochs must be positive"),
+        (args.max_steps >= 0, "--max-steps must be ≥ 0"),
+        (args.batch_size >= 1, "--batch-size must be ≥ 1"),
+        (args.lr > 0, "--lr must be positive"),
+        (0 <= args.momentum < 1, "--momentum must be in [0, 1)"),
+        (args.weight_decay >= 0, "--weight-decay must be ≥ 0"),
+        (args.rho >= 0, "--rho must be ≥ 0"),
+        (args.alpha > 0, "--alpha must be positive"),
+        (args.shards_per_rank >= 1, "--shards-per-rank must be ≥ 1"),
+        (args.eval_every >= 0 and args.eval_samples >= 0, "--eval-every/--eval-samples must be ≥ 0"),
+        (args.threads >= 1, "--threads must be ≥ 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    return args
+
+
+# --- pieces ----------------------------------------------------------------------------------------
+def init_gossip(topology: str) -> None:
+    """``saddle_torch.init`` on the first call; later calls in the same job switch the topology."""
+    if st.is_initialized():
+        st.set_topology(topology)
+    else:
+        st.init(topology=topology)
+
+
+def make_partition(args: argparse.Namespace, labels: torch.Tensor, n: int) -> Partition:
+    """The same non-IID split on every rank (it depends only on the labels, ``n`` and the seed)."""
+    if args.partition == "shards":
+        return ShardPartition(labels, n, args.shards_per_rank, seed=args.seed)
+    return DirichletPartition(labels, n, args.alpha, seed=args.seed)
+
+
+def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """SGD wrapped by ``DistributedOptimizer``; ``--momentum`` is QGM's β or SGD's Nesterov momentum."""
+    qgm = args.algorithm in QGM_ALGORITHMS
+    momentum = 0.0 if qgm else args.momentum
+    sgd = torch.optim.SGD(
+        model.parameters(),
+        lr=args.lr,
+        momentum=momentum,
+        nesterov=momentum > 0,
+        weight_decay=args.weight_decay,
+    )
+    return st.DistributedOptimizer(
+        sgd,
+        model,
+        algorithm=args.algorithm,
+        rho=args.rho,
+        order=args.order,
+        beta=args.momentum if qgm else 0.9,
+    )
+
+
+def make_closure(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    """The closure of one step: zero the gradients, cross-entropy on ``(x, y)``, backward, return the loss."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def learning_rate(args: argparse.Namespace, step: int, total: int) -> float:
+    """The learning rate of ``step`` (cosine decays to 0 over ``total`` steps)."""
+    if args.schedule == "constant":
+        return args.lr
+    return 0.5 * args.lr * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+class BatchStream:
+    """Endless batches of one rank's part: reshuffles every pass and remembers where it is.
+
+    A rank with fewer samples than ``batch_size`` uses all of them in every batch.
+    """
+
+    def __init__(self, dataset: TensorDataset, sampler: PartitionSampler, batch_size: int) -> None:
+        """Create the stream.
+
+        Raises:
+            ValueError: the rank owns no samples.
+        """
+        if len(sampler) == 0:
+            raise ValueError("this rank's part of the training set is empty")
+        self.sampler = sampler
+        # A batch sampler over the partition's sampler: TensorDataset indexes a whole batch at once. Full
+        # batches only (a pass's remainder comes back reshuffled in a later pass): a last batch of one or
+        # two samples would give a very noisy step.
+        drop_last = len(sampler) >= batch_size
+        self.loader = DataLoader(
+            dataset, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last), batch_size=None
+        )
+        self.epoch, self.position = 0, 0
+        self._it: Iterator[Any] | None = None
+
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue at batch ``position`` of pass ``epoch`` (as saved in a checkpoint)."""
+        self.epoch, self.position = epoch, 0
+        self._start()
+        for _ in range(position):
+            next(self)
+
+    def _start(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self._it = iter(self.loader)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            self._start()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._start()
+            batch = next(self._it)
+        self.position += 1
+        return batch
+
+
+@torch.no_grad()
+def test_counts(model: nn.Module, data: TensorDataset, batch_size: int = 512) -> torch.Tensor:
+    """``[correct, summed loss, samples]`` of ``model`` on ``data`` (float64)."""
+    was_training = model.training
+    model.eval()
+    correct = loss = 0.0
+    x_all, y_all = data.tensors
+    for i in range(0, len(y_all), batch_size):
+        out = model(x_all[i : i + batch_size])
+        y = y_all[i : i + batch_size]
+        correct += float((out.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+    model.train(was_training)
+    return torch.tensor([correct, loss, float(len(y_all))], dtype=torch.float64)
+
+
+@torch.no_grad()
+def average_into(target: nn.Module, model: nn.Module) -> None:
+    """Set ``target`` to the average over ranks of ``model`` (exact all-reduce; collective)."""
+    group, n = current().group, st.size()
+    own = model.state_dict()
+    for name, t in target.state_dict().items():
+        t.copy_(own[name])
+        if t.is_floating_point():
+            dist.all_reduce(t, group=group)
+            t.div_(n)
+
+
+def evaluate(
+    model: nn.Module, avg_model: nn.Module, test: TensorDataset, bytes_base: float
+) -> dict[str, Any]:
+    """Test accuracy of the averaged model and of every rank's own model, consensus and traffic.
+
+    Collective. The averaged model is scored on a 1/n slice of the test set per rank (summed); every
+    rank scores its own model on the whole test set.
+    """
+    group, rank, n = current().group, st.rank(), st.size()
+    average_into(avg_model, model)
+    x, y = test.tensors
+    part = test_counts(avg_model, TensorDataset(x[rank::n], y[rank::n]))
+    dist.all_reduce(part, group=group)
+    own = test_counts(model, test)
+    gathered = [torch.zeros_like(own) for _ in range(n)]
+    dist.all_gather(gathered, own, group=group)
+    sent = torch.tensor([st.stats()["bytes_sent"] - bytes_base], dtype=torch.float64)
+    all_sent = [torch.zeros_like(sent) for _ in range(n)]
+    dist.all_gather(all_sent, sent, group=group)
+    rank_acc = [float(g[0] / g[2]) for g in gathered]
+    return {
+        "test_acc_avg_model": float(part[0] / part[2]),
+        "test_loss_avg_model": float(part[1] / part[2]),
+        "test_acc_ranks": rank_acc,
+        "test_acc_mean_rank": float(np.mean(rank_acc)),
+        "test_acc_min_rank": float(np.min(rank_acc)),
+        "test_loss_mean_rank": float(np.mean([float(g[1] / g[2]) for g in gathered])),
+        "consensus_distance": st.consensus_distance(model),
+        "bytes_sent_rank0": float(all_sent[0]),
+        "mib_sent_per_rank": float(torch.cat(all_sent).mean()) / 2**20,
+    }
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+def write_csv(records: list[dict[str, Any]], path: Path) -> None:
+    """One row per evaluation; the per-rank accuracies as columns ``acc_rank<k>``."""
+    if not records:
+        return
+    rows = []
+    for r in records:
+        row = {k: v for k, v in r.items() if k != "test_acc_ranks"}
+        row.update({f"acc_rank{k}": a for k, a in enumerate(r["test_acc_ranks"])})
+        rows.append(row)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """Test accuracy (averaged model, mean per-rank) and consensus distance over steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_cons) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, records) in enumerate(runs.items()):
+        color = f"C{i}"
+        steps = [r["step"] for r in records]
+        ax_acc.plot(
+            steps,
+            [100 * r["test_acc_avg_model"] for r in records],
+            color=color,
+            label=f"{label}: averaged model",
+        )
+        ax_acc.plot(
+            steps,
+            [100 * r["test_acc_mean_rank"] for r in records],
+            color=color,
+            ls="--",
+            label=f"{label}: mean of ranks",
+        )
+        pos = [
+            (s, r["consensus_distance"])
+            for s, r in zip(steps, records, strict=True)
+            if r["consensus_distance"] > 0
+        ]
+        if pos:
+            ax_cons.plot(*zip(*pos, strict=True), color=color, label=label)
+    ax_acc.set(xlabel="step", ylabel="test accuracy (%)", title="test accuracy")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    ax_cons.set(xlabel="step", ylabel="(1/n) Σ‖x_i − x̄‖²", title="consensus distance", yscale="log")
+    ax_cons.grid(alpha=0.3, which="both")
+    if ax_cons.lines:
+        ax_cons.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(log: dict[str, Any], out: Path, final: bool) -> None:
+    """Rank 0: ``log.json`` and ``log.csv`` (every evaluation), ``plot.png`` at the end."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "log.json.tmp"
+    tmp.write_text(json.dumps(log, indent=1))
+    tmp.replace(out / "log.json")
+    write_csv(log["records"], out / "log.csv")
+    if final:
+        plot_runs({log["config"]["algorithm"]: log["records"]}, out / "plot.png", log["title"])
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    if args.resume:
+        return Path(args.resume)
+    stamp = [time.strftime("%Y%m%d-%H%M%S")]
+    dist.broadcast_object_list(stamp, src=0, group=current().group)  # one directory for all ranks
+    return Path("runs") / f"{stamp[0]}-{args.dataset}-{args.algorithm}"
+
+
+_RESUME_KEYS = (
+    "dataset",
+    "model",
+    "algorithm",
+    "partition",
+    "alpha",
+    "shards_per_rank",
+    "seed",
+    "batch_size",
+)
+
+
+# --- training --------------------------------------------------------------------------------------
+def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any]:
+    """Train on every rank (collective) and return the log (the same on every rank).
+
+    Args:
+        args: parsed flags, a list of flags, or ``None`` for ``sys.argv``.
+
+    Returns:
+        The log: ``config``, ``records`` (one per evaluation), ``final`` (the last record plus times and
+        the output directory), ``partition`` and ``title``.
+
+    Raises:
+        ValueError: bad options, an unusable partition, or a checkpoint from another configuration.
+        FileNotFoundError: data set files or checkpoints are missing.
+    """
+    if not isinstance(args, argparse.Namespace):
+        args = parse_args(args)
+    torch.set_num_threads(args.threads)
+    init_gossip(args.topology)
+    rank, n = st.rank(), st.size()
+    wall_start = time.perf_counter()
+
+    train, test, num_classes, input_shape = datasets.load(args.dataset, args.data_dir, args.download)
+    if args.eval_samples:
+        test = TensorDataset(*(t[: args.eval_samples] for t in test.tensors))
+    partition = make_partition(args, dataset_labels(train), n)
+    stream = BatchStream(train, partition.sampler(rank, seed=args.seed), args.batch_size)
+    steps_per_epoch = math.ceil(len(train) / (n * args.batch_size))
+    total = max(1, round(args.epochs * steps_per_epoch))
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    eval_every = args.eval_every or steps_per_epoch
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    model = models.build(args.model, input_shape, num_classes)
+    avg_model = models.build(args.model, input_shape, num_classes)
+    st.broadcast_parameters(model.state_dict(), root_rank=0)
+    opt = make_optimizer(model, args)
+    bytes_base = st.stats()["bytes_sent"]
+
+    out = _out_dir(args)
+    ckpt = out / "ckpt" / "{rank}.pt"
+    records: list[dict[str, Any]] = []
+    step, train_time = 0, 0.0
+    if args.resume:
+        extra = st.load_checkpoint(Path(args.resume) / "ckpt" / "{rank}.pt", model, opt)
+        for key in _RESUME_KEYS:
+            if extra["config"][key] != getattr(args, key):
+                raise ValueError(
+                    f"--resume {args.resume}: the checkpoint has {key}={extra['config'][key]!r}, "
+                    f"this run {key}={getattr(args, key)!r}"
+                )
+        step, train_time, records = extra["step"], extra["train_time"], extra["records"]
+        bytes_base -= extra["bytes_sent"]
+        stream.seek(extra["data_epoch"], extra["data_position"])
+
+    config = {**vars(args), "world_size": n, "out": str(out)}
+    title = (
+        f"{args.dataset} / {args.model}, {args.partition}"
+        + (f" α={args.alpha:g}" if args.partition == "dirichlet" else f" {args.shards_per_rank}/rank")
+        + f", {n} ranks on {current().topology.name}"
+    )
+    log: dict[str, Any] = {
+        "title": title,
+        "config": config,
+        "partition": {
+            "summary": partition.summary(),
+            "sizes": partition.sizes(),
+            "histogram": partition.histogram().tolist(),
+        },
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "records": records,
+    }
+    if rank == 0:
+        print(partition.summary(), flush=True)
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=rank != 0 or args.no_progress,
+        desc=args.algorithm,
+        dynamic_ncols=True,
+    )
+    losses: list[float] = []
+
+    def record() -> None:
+        # Every rank took the same steps since the last record, so all or none have losses.
+        train_loss = None
+        if losses:
+            mean_loss = torch.tensor([float(np.mean(losses))], dtype=torch.float64)
+            dist.all_reduce(mean_loss, group=current().group)
+            train_loss = float(mean_loss) / n
+        rec = {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "lr": learning_rate(args, min(step, total - 1), total),
+            "train_loss": train_loss,
+            **evaluate(model, avg_model, test, bytes_base),
+            "train_time_s": train_time,
+        }
+        records.append(rec)
+        losses.clear()
+        bar.set_postfix(acc=f"{rec['test_acc_avg_model']:.3f}", refresh=False)
+        if rank == 0:
+            write_outputs(log, out, final=False)
+
+    if step == 0:
+        record()
+    while step < total:
+        t0 = time.perf_counter()
+        x, y = next(stream)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(args, step, total)
+
+        loss = opt.step(make_closure(model, opt, x, y)).item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"rank {rank}: loss is {loss} at step {step}; lower --lr")
+        losses.append(loss)
+        step += 1
+        train_time += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{records[-1]['test_acc_avg_model']:.3f}", refresh=False)
+        if step % eval_every == 0 or step == total:
+            record()
+        if args.checkpoint and (step % steps_per_epoch == 0 or step == total):
+            st.save_checkpoint(
+                ckpt,
+                model,
+                opt,
+                step=step,
+                train_time=train_time,
+                records=records,
+                config=config,
+                bytes_sent=st.stats()["bytes_sent"] - bytes_base,
+                data_epoch=stream.epoch,
+                data_position=stream.position,
+            )
+    bar.close()
+
+    wall = time.perf_counter() - wall_start
+    log["final"] = {**records[-1], "wall_time_s": wall, "out": str(out)}
+    if rank == 0:
+        write_outputs(log, out, final=True)
+        torch.save(
+            {
+                "arch": args.model,
+                "dataset": args.dataset,
+                "num_classes": num_classes,
+                "input_shape": list(input_shape),
+                "state_dict": avg_model.state_dict(),
+            },
+            out / "model.pt",
+        )
+        f = log["final"]
+        print(
+            f"{args.algorithm} on {title}: {step} steps, "
+            f"averaged-model acc {100 * f['test_acc_avg_model']:.2f}%, "
+            f"per-rank acc {100 * f['test_acc_mean_rank']:.2f}% (min {100 * f['test_acc_min_rank']:.2f}%), "
+            f"consensus {f['consensus_distance']:.3g}, {f['mib_sent_per_rank']:.1f} MiB sent per rank, "
+            f"{wall:.1f} s -> {out}",
+            flush=True,
+        )
+    return log
+
+
+def main() -> None:
+    run()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
