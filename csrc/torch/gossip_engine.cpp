@@ -107,14 +107,7 @@ std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptio
   SADDLE_CHECK_ARG(options.step >= 0, "step must be non-negative, got ", options.step);
 
   auto round = std::make_shared<Round>();
-  std::shared_ptr<topology::Topology> topo;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!broken_reason_.empty()) raise_broken();
-    topo = topology_;
-    round->tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
-    ++next_tag_;
-  }
+  const std::shared_ptr<topology::Topology> topo = open_round(*round);
   round->x_ = x;
   round->options_ = options;
   round->row_ = topo->row(rank_, options.step);
@@ -137,14 +130,7 @@ std::shared_ptr<Round> GossipEngine::start_compressed(const at::Tensor& x, const
                          t->numel() == x.numel(),
                      "compressed gossip needs contiguous float32 CPU tensors x, x_hat, s of one size");
   auto round = std::make_shared<Round>();
-  std::shared_ptr<topology::Topology> topo;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!broken_reason_.empty()) raise_broken();
-    topo = topology_;
-    round->tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
-    ++next_tag_;
-  }
+  const std::shared_ptr<topology::Topology> topo = open_round(*round);
   SADDLE_CHECK_ARG(topo->period() == 1, "compressed gossip (CHOCO) needs a static topology; '", topo->name(),
                    "' changes every step");
   round->x_ = x;
@@ -236,12 +222,7 @@ std::shared_ptr<Round> GossipEngine::exchange(const std::vector<std::pair<int, a
     round->recv_peers_.push_back(peer);
     round->received_.push_back(t);
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!broken_reason_.empty()) raise_broken();
-    round->tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
-    ++next_tag_;
-  }
+  open_round(*round);
   for (const auto& [peer, t] : sends) {
     check(peer, t);
     round->send_peers_.push_back(peer);
@@ -249,6 +230,15 @@ std::shared_ptr<Round> GossipEngine::exchange(const std::vector<std::pair<int, a
   }
   post(round);
   return round;
+}
+
+std::shared_ptr<topology::Topology> GossipEngine::open_round(Round& round) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!broken_reason_.empty()) raise_broken();
+  // Every rank opens its rounds in the same order, so the k-th round has the same tag everywhere.
+  round.tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
+  ++next_tag_;
+  return topology_;
 }
 
 void GossipEngine::post(const std::shared_ptr<Round>& round) {

@@ -119,6 +119,8 @@ class GossipEngine {
   void reset_stats();
 
  private:
+  // Refuses new rounds after a failure, gives the round its tag; returns the current topology.
+  std::shared_ptr<topology::Topology> open_round(Round& round);
   void post(const std::shared_ptr<Round>& round);
   void worker_loop();
   void wait_round(Round& round);

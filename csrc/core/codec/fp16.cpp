@@ -3,6 +3,7 @@
 #include "core/codec/codecs.h"
 #include "core/codec/half.h"
 #include "core/codec/simd.h"
+#include "core/codec/two_byte.h"
 
 #if SADDLE_CODEC_X86
 #include <immintrin.h>
@@ -58,47 +59,29 @@ SADDLE_TARGET_AVX2 void decode_f16c(const uint8_t* in, size_t n, float alpha, fl
 }
 #endif
 
-class Fp16Codec final : public Codec {
- public:
-  explicit Fp16Codec(const CodecSpec& spec) : Codec(spec) {}
-  bool unbiased() const override { return false; }
-  size_t payload_bytes(size_t n) const override { return 2 * n; }
-
- protected:
-  void encode_payload(const float* x, size_t n, uint64_t, uint8_t* payload,
-                      const Parallel& par) const override {
-    const bool fast = simd::avx2();
-    par(n, buffer::kGrain, [&](size_t b, size_t e) {
+struct Fp16Kernels {
+  static void encode(const float* x, size_t n, uint8_t* out, bool fast) {
 #if SADDLE_CODEC_X86
-      if (fast) return encode_f16c(x + b, e - b, payload + 2 * b);
+    if (fast) return encode_f16c(x, n, out);
 #endif
-      (void)fast;
-      encode_portable(x + b, e - b, payload + 2 * b);
-    });
+    (void)fast;
+    encode_portable(x, n, out);
   }
 
-  void decode_payload(const uint8_t* payload, size_t n, uint64_t, float alpha, float* out, bool accumulate,
-                      const Parallel& par) const override {
-    const bool fast = simd::avx2();
-    par(n, buffer::kGrain, [&](size_t b, size_t e) {
-      const uint8_t* in = payload + 2 * b;
+  template <bool kAdd>
+  static void decode(const uint8_t* in, size_t n, float alpha, float* out, bool fast) {
 #if SADDLE_CODEC_X86
-      if (fast) {
-        return accumulate ? decode_f16c<true>(in, e - b, alpha, out + b)
-                          : decode_f16c<false>(in, e - b, alpha, out + b);
-      }
+    if (fast) return decode_f16c<kAdd>(in, n, alpha, out);
 #endif
-      (void)fast;
-      accumulate ? decode_portable<true>(in, e - b, alpha, out + b)
-                 : decode_portable<false>(in, e - b, alpha, out + b);
-    });
+    (void)fast;
+    decode_portable<kAdd>(in, n, alpha, out);
   }
 };
 
 }  // namespace
 
 std::unique_ptr<Codec> make_fp16(const CodecSpec&) {
-  return std::make_unique<Fp16Codec>(CodecSpec{CodecId::kFp16, 0, 0.0, 0});
+  return std::make_unique<TwoByteCodec<Fp16Kernels>>(CodecSpec{CodecId::kFp16, 0, 0.0, 0});
 }
 
 }  // namespace saddle::codec
