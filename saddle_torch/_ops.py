@@ -38,3 +38,5 @@ make_codec = _C.make_codec
 codec_encode = _C.codec_encode
 codec_decode = _C.codec_decode
 codec_decode_add = _C.codec_decode_add
+codec_encode_into = _C.codec_encode_into
+codec_decode_into = _C.codec_decode_into

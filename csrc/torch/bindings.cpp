@@ -136,6 +136,10 @@ void bind_codecs(py::module_& m) {
   m.def("codec_encode", &st::encode, arg("codec"), arg("x"), arg("seed"), py::call_guard<py::gil_scoped_release>());
   m.def("codec_decode", &st::decode, arg("codec"), arg("msg"), arg("n"), arg("seed"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("codec_encode_into", &st::encode_into, arg("codec"), arg("x"), arg("seed"), arg("msg"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("codec_decode_into", &st::decode_into, arg("codec"), arg("msg"), arg("seed"), arg("out"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("codec_decode_add", &st::decode_add, arg("codec"), arg("msg"), arg("seed"), arg("alpha"), arg("acc"),
         py::call_guard<py::gil_scoped_release>());
 }

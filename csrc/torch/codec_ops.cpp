@@ -48,20 +48,30 @@ codec::Parallel aten_parallel() {
   };
 }
 
-at::Tensor encode(const codec::Codec& c, const at::Tensor& x, uint64_t seed) {
+void encode_into(const codec::Codec& c, const at::Tensor& x, uint64_t seed, at::Tensor& msg) {
   check_float_vector(x, "encode");
+  check_message(msg);
   const size_t n = static_cast<size_t>(x.numel());
-  at::Tensor msg = at::empty({static_cast<int64_t>(c.encoded_bytes(n))}, at::kByte);
   c.encode(x.data_ptr<float>(), n, seed, msg.data_ptr<uint8_t>(), static_cast<size_t>(msg.numel()), aten_parallel());
+}
+
+void decode_into(const codec::Codec& c, const at::Tensor& msg, uint64_t seed, at::Tensor& out) {
+  check_message(msg);
+  check_float_vector(out, "decode");
+  c.decode(msg.data_ptr<uint8_t>(), static_cast<size_t>(msg.numel()), static_cast<size_t>(out.numel()), seed,
+           out.data_ptr<float>(), aten_parallel());
+}
+
+at::Tensor encode(const codec::Codec& c, const at::Tensor& x, uint64_t seed) {
+  at::Tensor msg = at::empty({static_cast<int64_t>(c.encoded_bytes(static_cast<size_t>(x.numel())))}, at::kByte);
+  encode_into(c, x, seed, msg);
   return msg;
 }
 
 at::Tensor decode(const codec::Codec& c, const at::Tensor& msg, int64_t n, uint64_t seed) {
-  check_message(msg);
   SADDLE_CHECK_ARG(n >= 0, "decode: n must be non-negative");
   at::Tensor out = at::empty({n}, at::kFloat);
-  c.decode(msg.data_ptr<uint8_t>(), static_cast<size_t>(msg.numel()), static_cast<size_t>(n), seed,
-           out.data_ptr<float>(), aten_parallel());
+  decode_into(c, msg, seed, out);
   return out;
 }
 

@@ -24,6 +24,10 @@ codec::Parallel aten_parallel();
 
 // Encodes a contiguous float32 CPU tensor; returns the message as a uint8 tensor.
 at::Tensor encode(const codec::Codec& c, const at::Tensor& x, uint64_t seed);
+// The same into caller-owned buffers (reused across calls, as the engine's pool does):
+// `msg` must hold encoded_bytes(x.numel()) bytes; `out` is overwritten with C(x).
+void encode_into(const codec::Codec& c, const at::Tensor& x, uint64_t seed, at::Tensor& msg);
+void decode_into(const codec::Codec& c, const at::Tensor& msg, uint64_t seed, at::Tensor& out);
 // Decodes a uint8 message into a new float32 tensor of n elements; raises CorruptMessage.
 at::Tensor decode(const codec::Codec& c, const at::Tensor& msg, int64_t n, uint64_t seed);
 // acc += alpha · C(x) from a message; raises CorruptMessage before touching acc.
