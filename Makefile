@@ -7,7 +7,7 @@ STAMP := $(BUILD)/.installed
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all install deps native core-test py-test test demo bench fuzz lint format clean
+.PHONY: all install deps native core-test py-test test demo bench study fuzz lint format clean
 
 all: install
 
@@ -45,6 +45,11 @@ demo: install
 bench: install
 	$(PYTHON) bench/gossip.py
 	$(PYTHON) bench/step.py
+
+# The learning-quality study (Fashion-MNIST from Debian's dataset-fashion-mnist; about 90 minutes).
+study: install
+	@[ -d /usr/share/datasets/fashion-mnist ] || apt-get install -y -qq dataset-fashion-mnist
+	$(PYTHON) bench/study.py
 
 # Longer decoder fuzzing on demand (libFuzzer + ASan/UBSan; see tests/fuzz/README.md).
 fuzz:

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, default=5e-4)
     a("--rho", type=float, default=0.05, help="SAM radius (SAM algorithms)")
     a("--order", choices=("awc", "atc"), default="awc")
+    a(
+        "--compression",
+        default="none",
+        help="gossip codec with CHOCO: none, fp16, bf16, int8, qsgd:4, topk:0.12, sign",
+    )
+    a("--gamma", type=float, default=0.0, help="gossip step γ (0: 1 without compression, tuned with it)")
     a("--seed", type=int, default=0, help="model init, partition and shuffling")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
     a("--eval-samples", type=int, default=0, help="evaluate on the first N test samples (0: all)")
@@ -108,6 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (args.shards_per_rank >= 1, "--shards-per-rank must be ≥ 1"),
         (args.eval_every >= 0 and args.eval_samples >= 0, "--eval-every/--eval-samples must be ≥ 0"),
         (args.threads >= 1, "--threads must be ≥ 1"),
+        (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:
@@ -142,6 +149,11 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
         nesterov=momentum > 0,
         weight_decay=args.weight_decay,
     )
+    compression = st.compression.resolve(args.compression)
+    gamma = args.gamma
+    if gamma == 0:  # same value on every rank: the tuner's simulation is deterministic
+        topo = st.context.current().topology
+        gamma = 1.0 if compression is None else st.compression.tune_gamma(topo, compression)
     return st.DistributedOptimizer(
         sgd,
         model,
@@ -149,6 +161,8 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
         rho=args.rho,
         order=args.order,
         beta=args.momentum if qgm else 0.9,
+        gamma=gamma,
+        compression=compression if compression is not None else st.Compression.none,
     )
 
 

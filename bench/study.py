@@ -1,0 +1,144 @@
+"""Learning-quality study: decentralized algorithms on non-IID Fashion-MNIST, with and without compression.
+
+Runs ``examples/train.py`` under torchrun for every (α, configuration, seed), skips runs whose
+``log.json`` is complete (the study resumes), then writes the mean ± std table and a plot.
+
+    python bench/study.py                        # the full study (about 90 minutes on 2 cores)
+    python bench/study.py --seeds 0 --max-steps 150 --report docs/RESULTS.md   # a reduced budget
+
+Configurations are ``algorithm`` or ``algorithm@compression`` (e.g. ``q-saddle@int8``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = "dsgd,qgm,q-saddle,ngm,n-saddle,q-saddle@int8,q-saddle@topk:0.12"
+
+
+def _run_dir(out: Path, alpha: float, config: str, seed: int) -> Path:
+    return out / f"alpha{alpha}" / config.replace("@", "_").replace(":", "") / f"seed{seed}"
+
+
+def _run(args: argparse.Namespace, alpha: float, config: str, seed: int) -> dict:
+    run_dir = _run_dir(args.out, alpha, config, seed)
+    log = run_dir / "log.json"
+    if log.exists() and "final" in json.loads(log.read_text()):
+        return json.loads(log.read_text())
+    algorithm, _, compression = config.partition("@")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ranks}",
+        str(ROOT / "examples" / "train.py"), "--dataset", args.dataset, "--algorithm", algorithm,
+        "--alpha", str(alpha), "--seed", str(seed), "--epochs", str(args.epochs), "--lr", str(args.lr),
+        "--batch-size", str(args.batch_size), "--out", str(run_dir), "--no-progress",
+        "--compression", compression or "none", "--eval-samples", str(args.eval_samples),
+    ]  # fmt: skip
+    if args.max_steps:
+        cmd += ["--max-steps", str(args.max_steps)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    print(f"  done in {time.monotonic() - t0:.0f} s", flush=True)
+    return json.loads(log.read_text())
+
+
+def _summary(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _report(args: argparse.Namespace, results: dict[tuple[float, str], list[dict]], seconds: float) -> str:
+    lines = [
+        f"Data: {args.dataset}, {args.ranks} ranks on a ring, "
+        f"Dirichlet α ∈ {{{', '.join(map(str, args.alphas))}}}, "
+        f"seeds {args.seeds}, batch {args.batch_size} per rank, lr {args.lr}, "
+        + (f"{args.max_steps} steps per run" if args.max_steps else f"{args.epochs} epochs")
+        + f"; study wall time {seconds / 60:.0f} min.",
+        "",
+        "| α | configuration | averaged-model test acc (%) | mean per-rank test acc (%) | MiB sent per rank "
+        "| wall time per run (s) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for (alpha, config), runs in results.items():
+        finals = [r["final"] for r in runs]
+        lines.append(
+            f"| {alpha} | {config} | {_summary([f['test_acc_avg_model'] for f in finals])} "
+            f"| {_summary([f['test_acc_mean_rank'] for f in finals])} "
+            f"| {statistics.mean(f['mib_sent_per_rank'] for f in finals):.1f} "
+            f"| {statistics.mean(f['wall_time_s'] for f in finals):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(results: dict[tuple[float, str], list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = sorted({a for a, _ in results}, reverse=True)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4), squeeze=False)
+    for ax, alpha in zip(axes[0], alphas, strict=True):
+        for (a, config), runs in results.items():
+            if a != alpha:
+                continue
+            recs = runs[0]["records"]
+            ax.plot([r["step"] for r in recs], [100 * r["test_acc_avg_model"] for r in recs], label=config)
+        ax.set_title(f"α = {alpha} (seed {0})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("averaged-model test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--alphas", type=lambda s: [float(a) for a in s.split(",")], default=[0.1, 0.01])
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS)
+    parser.add_argument("--seeds", type=lambda s: [int(a) for a in s.split(",")], default=[0, 1])
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-steps", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--eval-samples", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
+    parser.add_argument("--report", type=Path, default=None, help="write the table here (markdown)")
+    args = parser.parse_args()
+    configs = args.configs.split(",")
+    total = len(args.alphas) * len(configs) * len(args.seeds)
+    results: dict[tuple[float, str], list[dict]] = {}
+    t0, done = time.monotonic(), 0
+    for alpha in args.alphas:
+        for config in configs:
+            for seed in args.seeds:
+                done += 1
+                print(f"[{done}/{total}] α={alpha} {config} seed {seed}", flush=True)
+                results.setdefault((alpha, config), []).append(_run(args, alpha, config, seed))
+    table = _report(args, results, time.monotonic() - t0)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(table + "\n")
+    _plot(results, args.out / "accuracy.png")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(table + "\n")
+    print(f"table: {args.out / 'table.md'}; plot: {args.out / 'accuracy.png'}")
+
+
+if __name__ == "__main__":
+    main()
