@@ -333,6 +333,7 @@ void GossipEngine::wait(const std::shared_ptr<Round>& round) {
 std::vector<at::Tensor> GossipEngine::received(const std::shared_ptr<Round>& round) {
   wait(round);
   SADDLE_CHECK_ARG(round->gossip_, "received() is for gossip rounds; an exchange fills your buffers");
+  SADDLE_CHECK_ARG(!round->compression_.codec, "a compressed round receives codec messages, not tensors");
   return round->received_;
 }
 

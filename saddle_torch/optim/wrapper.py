@@ -444,6 +444,13 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
                     f"wrapped optimizer has momentum={group.get('momentum')}: create it with momentum=0"
                 )
     ctx = ctx or context.current()
+    comp = ctx.compression if compression is None else resolve_compression(compression)
+    if alg.cross and comp is not None:
+        raise ValueError(
+            f"{algorithm!r} computes cross-gradients on the neighbours' exact models, which compressed "
+            "gossip does not deliver; use compression=Compression.none with it (compressing the "
+            "cross-gradient round is not implemented)"
+        )
     base = type(optimizer)
     cls = type(base.__name__, (_DistributedOptimizer, base), {"__module__": base.__module__})
     opt = cls.__new__(cls)
@@ -460,7 +467,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         beta if qgm_mu is None else qgm_mu,
         cross_sam,
         bn_second_pass,
-        ctx.compression if compression is None else resolve_compression(compression),
+        comp,
     )
     runtime = SaddleRuntime(cfg, ctx, model, flat, base, prefix=ctx.new_prefix("opt"))
     for key, x in flat.buffers.items():

@@ -263,3 +263,11 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path) -> None:
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     assert (tmp_path / "ck.rank0").exists()
+
+
+def test_cross_gradients_refuse_compression() -> None:
+    m = _model().float()
+    with pytest.raises(ValueError, match="exact models"):
+        st.DistributedOptimizer(
+            torch.optim.SGD(m.parameters(), lr=0.1), m, algorithm="n-saddle", compression="int8"
+        )
