@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from saddle_torch import compression, topology
+from saddle_torch import compression, hooks, topology
 from saddle_torch import topology as _topology
 from saddle_torch.checkpoint import load_checkpoint, save_checkpoint
 from saddle_torch.compression import Compression
@@ -260,6 +260,7 @@ __all__ = [
     "CorruptMessageError",
     "Compression",
     "compression",
+    "hooks",
     "FlatParameters",
     "DistributedOptimizer",
     "ALGORITHMS",
