@@ -1,4 +1,4 @@
-"""Time per training step of a small CNN at N ranks: local SGD, SAM-DSGD, Q-SADDLe (ATC, AWC), DDP+SAM.
+"""Time per training step of a small CNN at N ranks: local SGD, SAM-DSGD, Q-SADDLe, DDP (+SAM, + hook).
 
 Every method trains its own copy of the same model on the same batches; one iteration runs each
 method once, back to back, so they share the machine's load. A step's time is the slowest rank's.
@@ -107,6 +107,22 @@ def _methods(rank: int, lr: float) -> dict[str, Callable[[torch.Tensor, torch.Te
         o_ddp.step()
 
     methods["DDP + SAM (all-reduce)"] = ddp_sam
+
+    def ddp(hook: bool) -> Callable:
+        m = nn.parallel.DistributedDataParallel(small_cnn())
+        if hook:
+            m.register_comm_hook(st.hooks.GossipHookState(), st.hooks.gossip_hook)
+        o = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+
+        def run(x, y):
+            o.zero_grad()
+            _loss(m, x, y).backward()
+            o.step()
+
+        return run
+
+    methods["DDP (Gloo all-reduce, 1 pass)"] = ddp(hook=False)
+    methods["DDP + saddle gossip_hook (1 pass)"] = ddp(hook=True)
     return methods
 
 
