@@ -108,8 +108,12 @@ def _methods(rank: int, lr: float) -> dict[str, Callable[[torch.Tensor, torch.Te
 
     methods["DDP + SAM (all-reduce)"] = ddp_sam
 
-    def ddp(hook: bool) -> Callable:
-        m = nn.parallel.DistributedDataParallel(small_cnn())
+    # A second group on the "saddle" backend: DDP's float SUMs become gossip rounds (gossip_sum).
+    st.backend.configure(topology="ring", gossip_sum=True)
+    saddle_group = dist.new_group(backend="saddle")
+
+    def ddp(hook: bool, group: dist.ProcessGroup | None = None) -> Callable:
+        m = nn.parallel.DistributedDataParallel(small_cnn(), process_group=group)
         if hook:
             m.register_comm_hook(st.hooks.GossipHookState(), st.hooks.gossip_hook)
         o = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
@@ -123,6 +127,7 @@ def _methods(rank: int, lr: float) -> dict[str, Callable[[torch.Tensor, torch.Te
 
     methods["DDP (Gloo all-reduce, 1 pass)"] = ddp(hook=False)
     methods["DDP + saddle gossip_hook (1 pass)"] = ddp(hook=True)
+    methods["DDP on the saddle backend (1 pass)"] = ddp(hook=False, group=saddle_group)
     return methods
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from saddle_torch import compression, hooks, topology
+from saddle_torch import backend, compression, hooks, topology
 from saddle_torch import topology as _topology
 from saddle_torch.checkpoint import load_checkpoint, save_checkpoint
 from saddle_torch.compression import Compression
@@ -29,6 +29,8 @@ from saddle_torch.flat import FlatParameters
 from saddle_torch.optim import ALGORITHMS, DistributedOptimizer
 
 __version__ = "0.1.0"
+
+backend.register()  # torch.distributed backend "saddle"
 
 
 def _free_port() -> int:
@@ -261,6 +263,7 @@ __all__ = [
     "Compression",
     "compression",
     "hooks",
+    "backend",
     "FlatParameters",
     "DistributedOptimizer",
     "ALGORITHMS",

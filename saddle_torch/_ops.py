@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch.distributed  # noqa: F401 - registers c10d::Backend with pybind11, the base of SaddleBackend
+
 try:
     from saddle_torch import _C
 except ImportError as exc:  # pragma: no cover - only without a build
@@ -40,3 +42,6 @@ codec_decode = _C.codec_decode
 codec_decode_add = _C.codec_decode_add
 codec_encode_into = _C.codec_encode_into
 codec_decode_into = _C.codec_decode_into
+
+# The torch.distributed backend "saddle".
+SaddleBackend = _C.SaddleBackend

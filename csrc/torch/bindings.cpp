@@ -6,6 +6,7 @@
 #include "torch/errors.h"
 #include "torch/gossip_engine.h"
 #include "torch/optim_ops.h"
+#include "torch/saddle_backend.h"
 #include "torch/topology_ops.h"
 
 namespace py = pybind11;
@@ -144,6 +145,28 @@ void bind_codecs(py::module_& m) {
         py::call_guard<py::gil_scoped_release>());
 }
 
+void bind_backend(py::module_& m) {
+  // The base class c10d::Backend is registered by torch.distributed (imported before this module).
+  py::class_<st::SaddleBackend, c10d::Backend, c10::intrusive_ptr<st::SaddleBackend>>(m, "SaddleBackend")
+      .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& inner, TopologyPtr topology, double timeout_seconds,
+                       bool gossip_sum, double gamma) {
+             st::EngineOptions engine;
+             engine.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000.0));
+             return c10::make_intrusive<st::SaddleBackend>(inner, std::move(topology), engine,
+                                                           st::SaddleBackendOptions{gossip_sum, gamma});
+           }),
+           py::arg("inner"), py::arg("topology"), py::arg("timeout_seconds"), py::arg("gossip_sum"), py::arg("gamma"))
+      .def("gossip_stats", [](st::SaddleBackend& b) {
+        const st::EngineStats s = b.engine().stats();
+        py::dict d;
+        d["bytes_sent"] = s.bytes_sent;
+        d["bytes_received"] = s.bytes_received;
+        d["rounds"] = s.rounds;
+        d["wait_seconds"] = s.wait_seconds;
+        return d;
+      });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -154,4 +177,5 @@ PYBIND11_MODULE(_C, m) {
   bind_engine(m);
   bind_optim(m);
   bind_codecs(m);
+  bind_backend(m);
 }
