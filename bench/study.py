@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace, alpha: float, config: str, seed: int) -> dict
         "--alpha", str(alpha), "--seed", str(seed), "--epochs", str(args.epochs), "--lr", str(args.lr),
         "--batch-size", str(args.batch_size), "--out", str(run_dir), "--no-progress",
         "--compression", compression or "none", "--eval-samples", str(args.eval_samples),
+        "--eval-every", str(args.eval_every),
     ]  # fmt: skip
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--eval-samples", type=int, default=2000)
+    parser.add_argument(
+        "--eval-every", type=int, default=25, help="steps between evaluations (the plot's points)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
     parser.add_argument("--report", type=Path, default=None, help="write the table here (markdown)")
     args = parser.parse_args()
