@@ -31,6 +31,7 @@ from saddle_torch.optim import ALGORITHMS, DistributedOptimizer
 __version__ = "0.1.0"
 
 backend.register()  # torch.distributed backend "saddle"
+configure = backend.configure  # options of the "saddle" backend, before init_process_group("saddle")
 
 
 def _free_port() -> int:
@@ -264,6 +265,7 @@ __all__ = [
     "compression",
     "hooks",
     "backend",
+    "configure",
     "FlatParameters",
     "DistributedOptimizer",
     "ALGORITHMS",

@@ -149,13 +149,15 @@ void bind_backend(py::module_& m) {
   // The base class c10d::Backend is registered by torch.distributed (imported before this module).
   py::class_<st::SaddleBackend, c10d::Backend, c10::intrusive_ptr<st::SaddleBackend>>(m, "SaddleBackend")
       .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& inner, TopologyPtr topology, double timeout_seconds,
-                       bool gossip_sum, double gamma) {
+                       bool gossip_sum, double gamma, st::CodecPtr codec, bool error_feedback) {
              st::EngineOptions engine;
              engine.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000.0));
-             return c10::make_intrusive<st::SaddleBackend>(inner, std::move(topology), engine,
-                                                           st::SaddleBackendOptions{gossip_sum, gamma});
+             return c10::make_intrusive<st::SaddleBackend>(
+                 inner, std::move(topology), engine,
+                 st::SaddleBackendOptions{gossip_sum, gamma, std::move(codec), error_feedback});
            }),
-           py::arg("inner"), py::arg("topology"), py::arg("timeout_seconds"), py::arg("gossip_sum"), py::arg("gamma"))
+           py::arg("inner"), py::arg("topology"), py::arg("timeout_seconds"), py::arg("gossip_sum"), py::arg("gamma"),
+           py::arg("codec") = nullptr, py::arg("error_feedback") = true)
       .def("gossip_stats", [](st::SaddleBackend& b) {
         const st::EngineStats s = b.engine().stats();
         py::dict d;

@@ -18,6 +18,11 @@ bool SaddleBackend::gossips(const std::vector<at::Tensor>& tensors, const c10d::
   if (op != c10d::ReduceOp::AVG && !(op == c10d::ReduceOp::SUM && options_.gossip_sum)) return false;
   for (const auto& t : tensors)
     if (!t.is_floating_point() || !t.device().is_cpu() || !t.is_contiguous()) return false;
+  if (options_.codec) {
+    for (const auto& t : tensors)
+      SADDLE_CHECK_ARG(t.scalar_type() == at::kFloat, "the saddle backend compresses float32 tensors only, got ",
+                       t.scalar_type());
+  }
   return !tensors.empty();
 }
 
@@ -29,7 +34,17 @@ c10::intrusive_ptr<c10d::Work> SaddleBackend::allreduce(std::vector<at::Tensor>&
     return inner_->allreduce(tensors, opts);
   }
   std::vector<std::shared_ptr<Round>> rounds;
-  for (auto& t : tensors) rounds.push_back(engine_->start(t, RoundOptions{step_, options_.gamma, false}));
+  for (auto& t : tensors) {
+    const RoundOptions round_options{step_, options_.gamma, false};
+    if (!options_.codec) {
+      rounds.push_back(engine_->start(t, round_options));
+      continue;
+    }
+    auto& state = choco_[{t.data_ptr(), t.numel()}];
+    if (!state.first.defined()) state = {at::zeros({t.numel()}, at::kFloat), at::zeros({t.numel()}, at::kFloat)};
+    const CompressionOptions compression{options_.codec, options_.error_feedback, static_cast<uint64_t>(t.numel())};
+    rounds.push_back(engine_->start_compressed(t.view({-1}), state.first, state.second, round_options, compression));
+  }
   ++step_;
   const double scale = opts.reduceOp.op_ == c10d::ReduceOp::SUM ? static_cast<double>(getSize()) : 1.0;
   return c10::make_intrusive<GossipWork>(engine_, std::move(rounds), tensors, scale);

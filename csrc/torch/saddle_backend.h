@@ -4,8 +4,10 @@
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
+#include <map>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "torch/gossip_engine.h"
@@ -17,6 +19,10 @@ struct SaddleBackendOptions {
   // unmodified DDP needs (it sums gradients already divided by n). Changes SUM's meaning: opt-in.
   bool gossip_sum = false;
   double gamma = 1.0;
+  // Optional CHOCO compression (float32 tensors). The state (x̂, s) is kept per tensor buffer, which
+  // suits DDP's persistent bucket buffers; seeds derive from the tensor size, equal on all ranks.
+  CodecPtr codec;
+  bool error_feedback = true;
 };
 
 class SaddleBackend : public c10d::Backend {
@@ -71,6 +77,7 @@ class SaddleBackend : public c10d::Backend {
   std::shared_ptr<GossipEngine> engine_;
   SaddleBackendOptions options_;
   int64_t step_ = 0;  // gossip rounds so far: the phase of a time-varying topology
+  std::map<std::pair<const void*, int64_t>, std::pair<at::Tensor, at::Tensor>> choco_;  // (x̂, s) per buffer
 };
 
 // A gossip all_reduce in flight. Its future completes on its own (DDP waits on the future, not the

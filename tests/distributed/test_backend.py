@@ -119,3 +119,32 @@ def test_killed_rank_makes_the_others_raise_within_the_timeout() -> None:
         assert r["type"] == "PeerError" and "neighbour 3" in r["message"], r
         assert r["elapsed"] < timeout_s + 3.0, r
     assert all(r["type"] != "none" for r in results.values()), results
+
+
+def _ddp_compressed(rank: int, world: int) -> dict:
+    st.configure(topology="ring", gossip_sum=True, compression="int8", gamma=0.5)
+    dist.init_process_group("saddle", timeout=timedelta(seconds=60))
+    model = _model().float()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(60):
+        x, y = _data(rank, 32, step + 1)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(ddp(x.float()), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    stats = st.backend.gossip_stats()
+    dist.destroy_process_group()
+    numel = sum(p.numel() for p in model.parameters())
+    return {"start": sum(losses[:5]) / 5, "end": sum(losses[-5:]) / 5, "stats": stats, "numel": numel}
+
+
+def test_ddp_on_the_saddle_backend_with_int8_compression() -> None:
+    for rank, r in run_ranks(_ddp_compressed, 4).items():
+        assert r["end"] < 0.5 * r["start"], (rank, r)
+        rounds = r["stats"]["rounds"]
+        assert rounds > 0
+        # One int8 message per neighbour per round: well under the fp32 bytes of the same rounds.
+        assert r["stats"]["bytes_sent"] < 0.5 * rounds * 2 * 4 * r["numel"], r
