@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from harness import run_ranks
-from test_training import _data, _model
+from test_training import _data, _model, ddp_losses
 from torch import nn
 
 import saddle_torch as st
@@ -125,16 +125,7 @@ def _ddp_compressed(rank: int, world: int) -> dict:
     st.configure(topology="ring", gossip_sum=True, compression="int8", gamma=0.5)
     dist.init_process_group("saddle", timeout=timedelta(seconds=60))
     model = _model().float()
-    ddp = nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for step in range(60):
-        x, y = _data(rank, 32, step + 1)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(ddp(x.float()), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = ddp_losses(nn.parallel.DistributedDataParallel(model), rank)
     stats = st.backend.gossip_stats()
     dist.destroy_process_group()
     numel = sum(p.numel() for p in model.parameters())

@@ -63,26 +63,7 @@ def test_a_message_from_another_codec_is_rejected_naming_the_sender() -> None:
 
 
 def _train_compressed(rank: int, world: int) -> dict:
-    import torch.distributed as dist
-    from test_training import _closure, _data, _model
-    from torch import nn
-
-    def batch(r: int, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = _data(r, n, step)
-        return x.float(), y
-
-    def averaged_loss(model: nn.Module) -> float:
-        avg = _model().float()
-        with torch.no_grad():
-            for p_avg, p in zip(avg.parameters(), model.parameters(), strict=True):
-                t = p.detach().clone()
-                dist.all_reduce(t)
-                p_avg.copy_(t / world)
-            loss = torch.tensor(
-                [float(nn.functional.cross_entropy(avg(batch(rank, 64, 0)[0]), batch(rank, 64, 0)[1]))]
-            )
-        dist.all_reduce(loss)
-        return float(loss) / world
+    from test_training import _averaged_model_loss, _closure, _data, _model
 
     st.init(topology="ring", timeout=timedelta(seconds=60))
     model = _model().float()
@@ -93,10 +74,11 @@ def _train_compressed(rank: int, world: int) -> dict:
         compression="int8",
         gamma=0.5,
     )
-    start = averaged_loss(model)
+    start = _averaged_model_loss(model, world)
     for step in range(60):
-        opt.step(_closure(model, opt, *batch(rank, 32, step + 1)))
-    return {"start": start, "end": averaged_loss(model), "stats": st.stats()}
+        x, y = _data(rank, 32, step + 1)
+        opt.step(_closure(model, opt, x.float(), y))
+    return {"start": start, "end": _averaged_model_loss(model, world), "stats": st.stats()}
 
 
 def test_q_saddle_trains_with_int8_compression() -> None:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from harness import run_ranks
-from test_training import _data, _model
+from test_training import _data, _model, ddp_losses
 from torch import nn
 
 import saddle_torch as st
@@ -62,15 +62,7 @@ def _train(rank: int, world: int, compression: str) -> dict:
     ddp.register_comm_hook(
         st.hooks.GossipHookState(warmup_steps=2, compression=compression), st.hooks.gossip_hook
     )
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for step in range(60):
-        x, y = _data(rank, 32, step + 1)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(ddp(x.float()), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = ddp_losses(ddp, rank)
     return {"start": sum(losses[:5]) / 5, "end": sum(losses[-5:]) / 5, "stats": st.stats()}
 
 

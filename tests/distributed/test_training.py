@@ -41,18 +41,32 @@ def _closure(model, opt, x, y):
 
 
 def _averaged_model_loss(model: nn.Module, world: int) -> float:
-    """Loss of the average of all ranks' models on the union of all ranks' data."""
-    avg = _model()
+    """Loss of the average of all ranks' models on the union of all ranks' data (in the model's dtype)."""
+    dtype = next(model.parameters()).dtype
+    avg = _model().to(dtype)
     with torch.no_grad():
         for p_avg, p in zip(avg.parameters(), model.parameters(), strict=True):
             t = p.detach().clone()
             dist.all_reduce(t)
             p_avg.copy_(t / world)
-        loss = torch.tensor(
-            [float(nn.functional.cross_entropy(avg(_data(dist.get_rank())[0]), _data(dist.get_rank())[1]))]
-        )
+        x, y = _data(dist.get_rank())
+        loss = torch.tensor([float(nn.functional.cross_entropy(avg(x.to(dtype)), y))])
     dist.all_reduce(loss)
     return float(loss) / world
+
+
+def ddp_losses(ddp: nn.Module, rank: int, steps: int = 60) -> list[float]:
+    """Train a DDP-wrapped model (float32) with SGD on this rank's non-IID batches; the losses."""
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(steps):
+        x, y = _data(rank, 32, step + 1)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(ddp(x.float()), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 # --- every algorithm trains ------------------------------------------------------------------------
