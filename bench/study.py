@@ -3,10 +3,12 @@
 Runs ``examples/train.py`` under torchrun for every (α, configuration, seed), skips runs whose
 ``log.json`` is complete (the study resumes), then writes the mean ± std table and a plot.
 
-    python bench/study.py                        # the full study (about 90 minutes on 2 cores)
+    python bench/study.py                        # the full study (about 80 minutes on 2 cores)
     python bench/study.py --seeds 0 --max-steps 150 --report docs/RESULTS.md   # a reduced budget
+    python bench/study.py --alphas 0.01 --seeds 0 --configs q-saddle+rho=0.1,q-saddle+order=atc
 
-Configurations are ``algorithm`` or ``algorithm@compression`` (e.g. ``q-saddle@int8``).
+A configuration is ``algorithm[@compression][+flag=value ...]``: ``q-saddle@int8`` compresses the gossip,
+``+rho=0.1`` passes ``--rho 0.1`` to ``examples/train.py`` (any of its flags, ``_`` or ``-``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,27 @@ DEFAULT_CONFIGS = "dsgd,qgm,q-saddle,ngm,n-saddle,q-saddle@int8,q-saddle@topk:0.
 
 
 def _run_dir(out: Path, alpha: float, config: str, seed: int) -> Path:
-    return out / f"alpha{alpha}" / config.replace("@", "_").replace(":", "") / f"seed{seed}"
+    name = config.replace("@", "_").replace(":", "").replace("+", "_").replace("=", "")
+    return out / f"alpha{alpha}" / name / f"seed{seed}"
+
+
+def parse_config(config: str) -> tuple[str, str, list[str]]:
+    """``algorithm[@compression][+flag=value ...]`` → (algorithm, compression, extra train.py flags).
+
+    Raises:
+        ValueError: an extra without ``=`` or an empty algorithm.
+    """
+    head, *extras = config.split("+")
+    algorithm, _, compression = head.partition("@")
+    if not algorithm:
+        raise ValueError(f"configuration {config!r} names no algorithm")
+    flags: list[str] = []
+    for extra in extras:
+        key, sep, value = extra.partition("=")
+        if not sep or not key:
+            raise ValueError(f"configuration {config!r}: {extra!r} is not flag=value")
+        flags += ["--" + key.replace("_", "-"), value]
+    return algorithm, compression or "none", flags
 
 
 def _run(args: argparse.Namespace, alpha: float, config: str, seed: int) -> dict:
@@ -33,20 +55,22 @@ def _run(args: argparse.Namespace, alpha: float, config: str, seed: int) -> dict
     log = run_dir / "log.json"
     if log.exists() and "final" in json.loads(log.read_text()):
         return json.loads(log.read_text())
-    algorithm, _, compression = config.partition("@")
+    algorithm, compression, extra_flags = parse_config(config)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ranks}",
         str(ROOT / "examples" / "train.py"), "--dataset", args.dataset, "--algorithm", algorithm,
         "--alpha", str(alpha), "--seed", str(seed), "--epochs", str(args.epochs), "--lr", str(args.lr),
         "--batch-size", str(args.batch_size), "--out", str(run_dir), "--no-progress",
-        "--compression", compression or "none", "--eval-samples", str(args.eval_samples),
-        "--eval-every", str(args.eval_every),
+        "--compression", compression, "--eval-samples", str(args.eval_samples),
+        "--eval-every", str(args.eval_every), "--width", str(args.width), *extra_flags,
     ]  # fmt: skip
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.monotonic()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {run_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     print(f"  done in {time.monotonic() - t0:.0f} s", flush=True)
     return json.loads(log.read_text())
 
@@ -61,7 +85,8 @@ def _report(args: argparse.Namespace, results: dict[tuple[float, str], list[dict
     lines = [
         f"Data: {args.dataset}, {args.ranks} ranks on a ring, "
         f"Dirichlet α ∈ {{{', '.join(map(str, args.alphas))}}}, "
-        f"seeds {args.seeds}, batch {args.batch_size} per rank, lr {args.lr}, "
+        f"cnn width {args.width}, seeds {args.seeds}, batch {args.batch_size} per rank, "
+        f"lr {args.lr} (cosine), "
         + (f"{args.max_steps} steps per run" if args.max_steps else f"{args.epochs} epochs")
         + f"; study wall time {seconds / 60:.0f} min.",
         "",
@@ -112,27 +137,37 @@ def main() -> None:
     parser.add_argument("--alphas", type=lambda s: [float(a) for a in s.split(",")], default=[0.1, 0.01])
     parser.add_argument("--configs", default=DEFAULT_CONFIGS)
     parser.add_argument("--seeds", type=lambda s: [int(a) for a in s.split(",")], default=[0, 1])
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--width", type=int, default=16, help="cnn width (compute grows as width²)")
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--eval-samples", type=int, default=2000)
     parser.add_argument(
-        "--eval-every", type=int, default=25, help="steps between evaluations (the plot's points)"
+        "--eval-samples",
+        type=int,
+        default=1000,
+        help="test samples scored during training (the averaged model's final score uses all 10000)",
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=50, help="steps between evaluations (the plot's points)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
     parser.add_argument("--report", type=Path, default=None, help="write the table here (markdown)")
     args = parser.parse_args()
     configs = args.configs.split(",")
+    for config in configs:
+        parse_config(config)  # fail before the first run, not in the middle of the study
     total = len(args.alphas) * len(configs) * len(args.seeds)
-    results: dict[tuple[float, str], list[dict]] = {}
+    results: dict[tuple[float, str], list[dict]] = {
+        (alpha, config): [] for alpha in args.alphas for config in configs
+    }
     t0, done = time.monotonic(), 0
-    for alpha in args.alphas:
-        for config in configs:
-            for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: a study cut short still has every configuration once
+        for alpha in args.alphas:
+            for config in configs:
                 done += 1
                 print(f"[{done}/{total}] α={alpha} {config} seed {seed}", flush=True)
-                results.setdefault((alpha, config), []).append(_run(args, alpha, config, seed))
+                results[(alpha, config)].append(_run(args, alpha, config, seed))
     table = _report(args, results, time.monotonic() - t0)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,10 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
         raise ValueError(f"{args.checkpoint} does not name its model and data set: pass --arch and --dataset")
     _, _, num_classes, shape = train.datasets.load(dataset, args.data_dir, args.download)
     model = train.models.build(
-        arch, tuple(meta.get("input_shape", shape)), meta.get("num_classes", num_classes)
+        arch,
+        tuple(meta.get("input_shape", shape)),
+        meta.get("num_classes", num_classes),
+        width=meta.get("width", 32),
     )
     model.load_state_dict(state)
     _replace_head(model, num_classes)

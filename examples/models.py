@@ -121,16 +121,24 @@ class ResNet20(nn.Module):
         return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
 
 
-def build(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build(name: str, input_shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Module:
     """Create one of :data:`MODELS` for inputs of ``input_shape`` (``C×H×W``).
 
+    Args:
+        name: one of :data:`MODELS`.
+        input_shape: ``C×H×W`` of one sample.
+        num_classes: output classes.
+        width: first-layer channels of ``cnn`` (ignored by ``resnet20``); compute grows as ``width²``.
+
     Raises:
-        ValueError: an unknown name or an input shape that is not ``C×H×W``.
+        ValueError: an unknown name, a non-positive width or an input shape that is not ``C×H×W``.
     """
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
+    if width < 4 or width % 4:
+        raise ValueError(f"width must be a positive multiple of 4 (GroupNorm groups), got {width}")
     if name == "cnn":
-        return SmallCNN(input_shape[0], num_classes)
+        return SmallCNN(input_shape[0], num_classes, width=width)
     if name == "resnet20":
         return ResNet20(input_shape[0], num_classes)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-dir", default=None, help="where the data set's files are (default depends on --dataset)")
     a("--download", action="store_true", help="cifar10: download into --data-dir when missing")
     a("--model", choices=models.MODELS, default="cnn")
+    a("--width", type=int, default=32, help="cnn: channels of the first convolution (cost grows as width²)")
     a("--algorithm", choices=list(st.ALGORITHMS), default="q-saddle")
     a("--topology", default="ring", help="passed to saddle_torch.init (ring, torus, exponential, ...)")
     a("--partition", choices=("dirichlet", "shards"), default="dirichlet")
@@ -85,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--gamma", type=float, default=0.0, help="gossip step γ (0: 1 without compression, tuned with it)")
     a("--seed", type=int, default=0, help="model init, partition and shuffling")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
-    a("--eval-samples", type=int, default=0, help="evaluate on the first N test samples (0: all)")
+    a(
+        "--eval-samples",
+        type=int,
+        default=0,
+        help="score on the first N test samples (0: all); the averaged model's final score uses all of them",
+    )
     a("--out", default=None, help="output directory (default runs/<time>-<dataset>-<algorithm>)")
     a("--checkpoint", action="store_true", help="write <out>/ckpt/<rank>.pt after every epoch")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoints")
@@ -268,19 +274,24 @@ def average_into(target: nn.Module, model: nn.Module) -> None:
 
 
 def evaluate(
-    model: nn.Module, avg_model: nn.Module, test: TensorDataset, bytes_base: float
+    model: nn.Module,
+    avg_model: nn.Module,
+    test: TensorDataset,
+    bytes_base: float,
+    rank_test: TensorDataset | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of the averaged model and of every rank's own model, consensus and traffic.
 
-    Collective. The averaged model is scored on a 1/n slice of the test set per rank (summed); every
-    rank scores its own model on the whole test set.
+    Collective. The averaged model is scored on ``test``, a 1/n slice per rank (summed); every rank
+    scores its own model on all of ``rank_test`` (default ``test``), which costs n times as much.
     """
     group, rank, n = current().group, st.rank(), st.size()
+    rank_test = test if rank_test is None else rank_test
     average_into(avg_model, model)
     x, y = test.tensors
     part = test_counts(avg_model, TensorDataset(x[rank::n], y[rank::n]))
     dist.all_reduce(part, group=group)
-    own = test_counts(model, test)
+    own = test_counts(model, rank_test)
     gathered = [torch.zeros_like(own) for _ in range(n)]
     dist.all_gather(gathered, own, group=group)
     sent = torch.tensor([st.stats()["bytes_sent"] - bytes_base], dtype=torch.float64)
@@ -390,6 +401,7 @@ _RESUME_KEYS = (
     "shards_per_rank",
     "seed",
     "batch_size",
+    "width",
 )
 
 
@@ -416,6 +428,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     wall_start = time.perf_counter()
 
     train, test, num_classes, input_shape = datasets.load(args.dataset, args.data_dir, args.download)
+    full_test = test
     if args.eval_samples:
         test = TensorDataset(*(t[: args.eval_samples] for t in test.tensors))
     partition = make_partition(args, dataset_labels(train), n)
@@ -429,8 +442,8 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
-    model = models.build(args.model, input_shape, num_classes)
-    avg_model = models.build(args.model, input_shape, num_classes)
+    model = models.build(args.model, input_shape, num_classes, width=args.width)
+    avg_model = models.build(args.model, input_shape, num_classes, width=args.width)
     st.broadcast_parameters(model.state_dict(), root_rank=0)
     opt = make_optimizer(model, args)
     bytes_base = st.stats()["bytes_sent"]
@@ -442,9 +455,9 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     if args.resume:
         extra = st.load_checkpoint(Path(args.resume) / "ckpt" / "{rank}.pt", model, opt)
         for key in _RESUME_KEYS:
-            if extra["config"][key] != getattr(args, key):
+            if extra["config"].get(key) != getattr(args, key):
                 raise ValueError(
-                    f"--resume {args.resume}: the checkpoint has {key}={extra['config'][key]!r}, "
+                    f"--resume {args.resume}: the checkpoint has {key}={extra['config'].get(key)!r}, "
                     f"this run {key}={getattr(args, key)!r}"
                 )
         step, train_time, records = extra["step"], extra["train_time"], extra["records"]
@@ -483,7 +496,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     )
     losses: list[float] = []
 
-    def record() -> None:
+    def record(final: bool = False) -> None:
         # Every rank took the same steps since the last record, so all or none have losses.
         train_loss = None
         if losses:
@@ -495,7 +508,9 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
             "epoch": step / steps_per_epoch,
             "lr": learning_rate(args, min(step, total - 1), total),
             "train_loss": train_loss,
-            **evaluate(model, avg_model, test, bytes_base),
+            **evaluate(model, avg_model, full_test if final else test, bytes_base, rank_test=test),
+            "test_samples_avg_model": len((full_test if final else test).tensors[1]),
+            "test_samples_ranks": len(test.tensors[1]),
             "train_time_s": train_time,
         }
         records.append(rec)
@@ -521,7 +536,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{records[-1]['test_acc_avg_model']:.3f}", refresh=False)
         if step % eval_every == 0 or step == total:
-            record()
+            record(final=step == total)
         if args.checkpoint and (step % steps_per_epoch == 0 or step == total):
             st.save_checkpoint(
                 ckpt,
@@ -544,6 +559,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         torch.save(
             {
                 "arch": args.model,
+                "width": args.width,
                 "dataset": args.dataset,
                 "num_classes": num_classes,
                 "input_shape": list(input_shape),
