@@ -200,13 +200,35 @@ class GossipContext:
         on_cpu = result.device.type == "cpu" and result.is_contiguous()
         staged = result if on_cpu else result.detach().to("cpu", copy=True).contiguous()
         flat = staged.view(-1)
-        state = self.choco_state(name, flat.numel())
+        state = self._choco.get(name)
+        state = self._new_choco_state(name, flat) if state is None else self.choco_state(name, flat.numel())
         snapshot = None if on_cpu else staged.clone()  # staged copies get the CHOCO delta added back
         handle = self.engine.start_compressed(
             flat, state[0], state[1], step, gamma, comp.native, comp.error_feedback, zlib.crc32(name.encode())
         )
         self._steps[name] = step + 1
         return GossipHandle(self, handle, result, staged, snapshot)
+
+    def _new_choco_state(self, name: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CHOCO's (x̂, s) for the first compressed round of ``name`` (collective).
+
+        Every rank's stored x̂_j must equal neighbour j's own x̂_j. Zeros satisfy that always; the
+        tensor itself does when every rank holds the same one (a model after
+        ``broadcast_parameters``), checked by an all-gather of a CRC of its bytes. Starting from
+        x̂ = s = x₀ then skips the rounds CHOCO would spend moving its public copies from 0 to the
+        model: the first messages are C(x − x₀) rather than C(x). s = Σ_j w_ij x̂_j = x₀ because the
+        rows of W sum to 1.
+        """
+        data = flat.detach()
+        mine = torch.tensor([zlib.crc32(data.numpy()), data.numel()], dtype=torch.int64)
+        every = [torch.empty_like(mine) for _ in range(self.size)]
+        dist.all_gather(every, mine, group=self.group)
+        if all(torch.equal(t, mine) for t in every):
+            state = (data.clone(), data.clone())
+        else:
+            state = (torch.zeros_like(data), torch.zeros_like(data))
+        self._choco[name] = state
+        return state
 
     def choco_state(self, name: str, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
         """CHOCO's (x̂, s) of ``name``, created as zeros on first use (float32, CPU)."""

@@ -93,3 +93,23 @@ def _model_params():
     from test_training import _model
 
     return list(_model().parameters())
+
+
+def _identical_start(rank: int, world: int, comp: Compression) -> dict:
+    st.init(topology="ring", timeout=timedelta(seconds=60))
+    x0 = _x(0)  # the same tensor on every rank, like a model after broadcast_parameters
+    x = x0.clone()
+    for _ in range(5):
+        st.neighbor_average(x, gamma=0.5, name="same", inplace=True, compression=comp)
+    x_hat = st.context.current()._choco["same"][0]
+    return {"x_unchanged": torch.equal(x, x0), "x_hat_is_x0": torch.equal(x_hat, x0)}
+
+
+@pytest.mark.parametrize("comp", [Compression.int8, Compression.topk(0.1)])
+def test_choco_starts_from_the_common_tensor_when_every_rank_holds_it(comp) -> None:
+    # x̂ = x₀ on every rank: the messages are C(0) = 0 and the consensus is kept exactly, instead of
+    # CHOCO pulling the models towards its zero-initialised public copies for the first rounds. Ranks
+    # with different tensors start from x̂ = 0 (test_choco_reaches_the_average_... would fail otherwise:
+    # x̂ = own x would break s = Σ w_ij x̂_j and the average would drift).
+    for rank, r in run_ranks(_identical_start, 4, comp).items():
+        assert r["x_unchanged"] and r["x_hat_is_x0"], (rank, r)
