@@ -212,23 +212,36 @@ class GossipContext:
     def _new_choco_state(self, name: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CHOCO's (x̂, s) for the first compressed round of ``name`` (collective).
 
-        Every rank's stored x̂_j must equal neighbour j's own x̂_j. Zeros satisfy that always; the
-        tensor itself does when every rank holds the same one (a model after
-        ``broadcast_parameters``), checked by an all-gather of a CRC of its bytes. Starting from
-        x̂ = s = x₀ then skips the rounds CHOCO would spend moving its public copies from 0 to the
-        model: the first messages are C(x − x₀) rather than C(x). s = Σ_j w_ij x̂_j = x₀ because the
-        rows of W sum to 1.
+        x̂ = s = x₀ when every rank holds the same tensor (see :meth:`prime_choco`), zeros otherwise.
         """
-        data = flat.detach()
+        if not self.prime_choco(name, flat):
+            zeros = torch.zeros(flat.numel(), dtype=torch.float32)
+            self._choco[name] = (zeros, zeros.clone())
+        return self._choco[name]
+
+    def prime_choco(self, name: str, tensor: torch.Tensor) -> bool:
+        """Start CHOCO's public copies of ``name`` at ``tensor`` if every rank holds the same one.
+
+        Collective. Every rank's stored x̂_j must equal neighbour j's own x̂_j. Zeros always satisfy
+        that; the tensor itself does when it is equal on every rank (a model after
+        ``broadcast_parameters``), which an all-gather of a CRC of its bytes checks. Starting from
+        x̂ = s = x₀ skips the rounds CHOCO would spend moving its public copies from 0 to the model:
+        the first messages are C(x − x₀) instead of C(x). (s = Σ_j w_ij x̂_j = x₀: W's rows sum to 1.)
+
+        Returns:
+            whether the state was created; nothing changes when the ranks differ, when ``name``
+            already has state, or for tensors other than float32.
+        """
+        if name in self._choco or tensor.dtype != torch.float32:
+            return False
+        data = tensor.detach().to("cpu").contiguous().view(-1)
         mine = torch.tensor([zlib.crc32(data.numpy()), data.numel()], dtype=torch.int64)
         every = [torch.empty_like(mine) for _ in range(self.size)]
         dist.all_gather(every, mine, group=self.group)
-        if all(torch.equal(t, mine) for t in every):
-            state = (data.clone(), data.clone())
-        else:
-            state = (torch.zeros_like(data), torch.zeros_like(data))
-        self._choco[name] = state
-        return state
+        if not all(torch.equal(t, mine) for t in every):
+            return False
+        self._choco[name] = (data.clone(), data.clone())
+        return True
 
     def choco_state(self, name: str, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
         """CHOCO's (x̂, s) of ``name``, created as zeros on first use (float32, CPU)."""

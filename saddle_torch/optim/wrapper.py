@@ -472,6 +472,8 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     runtime = SaddleRuntime(cfg, ctx, model, flat, base, prefix=ctx.new_prefix("opt"))
     for key, x in flat.buffers.items():
         ctx.register(runtime.name(key), x)  # collective: every rank must hold the same model layout
+        if comp is not None:  # collective: start CHOCO at the common initial model (atc needs it here)
+            ctx.prime_choco(runtime.name(key), x)
     for key, x in flat.buffers.items():
         if alg.sam:
             runtime.e[key] = torch.zeros_like(x)

@@ -113,3 +113,28 @@ def test_choco_starts_from_the_common_tensor_when_every_rank_holds_it(comp) -> N
     # x̂ = own x would break s = Σ w_ij x̂_j and the average would drift).
     for rank, r in run_ranks(_identical_start, 4, comp).items():
         assert r["x_unchanged"] and r["x_hat_is_x0"], (rank, r)
+
+
+def _primed_by_optimizer(rank: int, world: int, same: bool) -> dict:
+    st.init(topology="ring", timeout=timedelta(seconds=60))
+    torch.manual_seed(0 if same else rank)
+    model = torch.nn.Linear(8, 3)
+    opt = st.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, algorithm="dsgd", order="atc", compression="int8"
+    )
+    ctx = st.context.current()
+    (key, flat), *_ = opt.saddle.flat.buffers.items()
+    name = opt.saddle.name(key)
+    primed = name in ctx._choco and torch.equal(ctx._choco[name][0], flat)
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()  # atc: the models differ before the first gossip round
+    return {"primed": primed, "x_hat_nonzero": bool(ctx._choco[name][0].any())}
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_optimizer_primes_choco_at_construction_only_for_a_common_model(same) -> None:
+    for rank, r in run_ranks(_primed_by_optimizer, 4, same).items():
+        assert r["primed"] is same, (rank, r)
+        assert r["x_hat_nonzero"], (rank, r)  # x₀ (primed) or the first message C(x − 0)
