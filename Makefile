@@ -7,7 +7,7 @@ STAMP := $(BUILD)/.installed
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all install deps native core-test py-test test demo bench study fuzz lint format clean
+.PHONY: all install deps native core-test py-test test demo bench study study-ablation fuzz lint format clean
 
 all: install
 
@@ -46,10 +46,17 @@ bench: install
 	$(PYTHON) bench/gossip.py
 	$(PYTHON) bench/step.py
 
-# The learning-quality study (Fashion-MNIST from Debian's dataset-fashion-mnist; about 90 minutes).
+# The learning-quality study (Fashion-MNIST from Debian's dataset-fashion-mnist; about 85 minutes on
+# 2 cores) and its ρ / order ablation (about 10 minutes). Results: docs/RESULTS.md.
+FMNIST := /usr/share/datasets/fashion-mnist
 study: install
-	@[ -d /usr/share/datasets/fashion-mnist ] || apt-get install -y -qq dataset-fashion-mnist
+	@[ -d $(FMNIST) ] || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 	$(PYTHON) bench/study.py
+
+study-ablation: install
+	@[ -d $(FMNIST) ] || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+	$(PYTHON) bench/study.py --alphas 0.01 --seeds 0 --out runs/ablation \
+	  --configs "q-saddle+rho=0.02,q-saddle+rho=0.1,q-saddle+order=atc"
 
 # Longer decoder fuzzing on demand (libFuzzer + ASan/UBSan; see tests/fuzz/README.md).
 fuzz:

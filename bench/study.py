@@ -91,8 +91,8 @@ def _report(args: argparse.Namespace, results: dict[tuple[float, str], list[dict
         + f"; study wall time {seconds / 60:.0f} min.",
         "",
         "| α | configuration | averaged-model test acc (%) | mean per-rank test acc (%) | MiB sent per rank "
-        "| wall time per run (s) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| final consensus distance | wall time per run (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for (alpha, config), runs in results.items():
         finals = [r["final"] for r in runs]
@@ -100,30 +100,43 @@ def _report(args: argparse.Namespace, results: dict[tuple[float, str], list[dict
             f"| {alpha} | {config} | {_summary([f['test_acc_avg_model'] for f in finals])} "
             f"| {_summary([f['test_acc_mean_rank'] for f in finals])} "
             f"| {statistics.mean(f['mib_sent_per_rank'] for f in finals):.1f} "
+            f"| {statistics.mean(f['consensus_distance'] for f in finals):.2g} "
             f"| {statistics.mean(f['wall_time_s'] for f in finals):.0f} |"
         )
     return "\n".join(lines)
 
 
 def _plot(results: dict[tuple[float, str], list[dict]], path: Path) -> None:
+    """Averaged-model accuracy (top) and consensus distance (bottom) over steps, mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     alphas = sorted({a for a, _ in results}, reverse=True)
-    fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4), squeeze=False)
-    for ax, alpha in zip(axes[0], alphas, strict=True):
+    fig, axes = plt.subplots(2, len(alphas), figsize=(6 * len(alphas), 7.5), squeeze=False)
+    for col, alpha in enumerate(alphas):
+        ax_acc, ax_cons = axes[0][col], axes[1][col]
         for (a, config), runs in results.items():
-            if a != alpha:
+            if a != alpha or not runs:
                 continue
-            recs = runs[0]["records"]
-            ax.plot([r["step"] for r in recs], [100 * r["test_acc_avg_model"] for r in recs], label=config)
-        ax.set_title(f"α = {alpha} (seed {0})")
-        ax.set_xlabel("step")
-        ax.set_ylabel("averaged-model test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            n = min(len(r["records"]) for r in runs)
+            steps = [rec["step"] for rec in runs[0]["records"][:n]]
+
+            def mean_of(key: str, k: int, runs: list[dict] = runs) -> float:
+                return statistics.mean(r["records"][k][key] for r in runs)
+
+            acc = [100 * mean_of("test_acc_avg_model", k) for k in range(n)]
+            cons = [mean_of("consensus_distance", k) for k in range(n)]
+            (line,) = ax_acc.plot(steps, acc, marker=".", label=config)
+            ax_cons.plot(steps[1:], cons[1:], marker=".", color=line.get_color(), label=config)
+        seeds = max(len(r) for (a, _), r in results.items() if a == alpha)
+        ax_acc.set_title(f"α = {alpha} (mean of {seeds} seed{'s' if seeds > 1 else ''})")
+        ax_acc.set(xlabel="step", ylabel="averaged-model test accuracy (%)")
+        ax_cons.set(xlabel="step", ylabel="consensus distance (1/n) Σ‖x_i − x̄‖²", yscale="log")
+        for ax in (ax_acc, ax_cons):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -2,7 +2,9 @@
 
 ``compression=`` accepts a :class:`Compression` (or ``None`` / ``Compression.none`` for exact gossip).
 Every rank keeps a public copy x̂ and s = Σ_{j∈N(i)∪{i}} w_ij x̂_j per gossip name; a round sends
-q = C(x − x̂), then x̂ += q, s += Σ_j w_ij q_j and x += γ (s − x̂). Messages carry a validated header;
+q = C(x − x̂), then x̂ += q, s += Σ_j w_ij q_j and x += γ (s − x̂). x̂ and s start at the tensor itself
+when it is the same on every rank (a broadcast model; CRC-checked once), else at 0 as in the paper.
+Messages carry a validated header;
 ``stats()`` counts their exact bytes. "4×" means a message is at most a quarter of the fp32 bytes,
 header and indices included: ``topk`` needs ratio < 1/8 for it, and ``int8`` reaches 3.94× (one fp32
 scale per 256 elements).
