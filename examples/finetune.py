@@ -74,7 +74,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--order", choices=("awc", "atc"), default="awc")
     p.add_argument("--compression", default="none", help="gossip codec with CHOCO, as in train.py")
-    p.add_argument("--gamma", type=float, default=0.0, help="gossip step γ (0: 1, or tuned with compression)")
+    p.add_argument("--gamma", type=float, default=0.0, help="gossip step γ (0: auto, tuned with compression)")
+    p.add_argument(
+        "--optimizer", choices=["sgd", "adam", "adamw"], default="sgd", help="the wrapped optimizer"
+    )
     p.add_argument("--eval-samples", type=int, default=0)
     p.add_argument("--out", default=None, help="write the fine-tuned averaged model to OUT/model.pt")
     p.add_argument("--threads", type=int, default=1)

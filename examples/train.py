@@ -83,7 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="gossip codec with CHOCO: none, fp16, bf16, int8, qsgd:4, topk:0.12, sign",
     )
-    a("--gamma", type=float, default=0.0, help="gossip step γ (0: 1 without compression, tuned with it)")
+    a(
+        "--gamma",
+        type=float,
+        default=0.0,
+        help="gossip step γ (0: auto, 1 without compression, tuned with it)",
+    )
+    a(
+        "--optimizer",
+        choices=["sgd", "adam", "adamw"],
+        default="sgd",
+        help="the wrapped optimizer (--lr is its lr)",
+    )
     a("--seed", type=int, default=0, help="model init, partition and shuffling")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
     a(
@@ -147,21 +158,22 @@ def make_partition(args: argparse.Namespace, labels: torch.Tensor, n: int) -> Pa
 def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     """SGD wrapped by ``DistributedOptimizer``; ``--momentum`` is QGM's β or SGD's Nesterov momentum."""
     qgm = args.algorithm in QGM_ALGORITHMS
-    momentum = 0.0 if qgm else args.momentum
-    sgd = torch.optim.SGD(
-        model.parameters(),
-        lr=args.lr,
-        momentum=momentum,
-        nesterov=momentum > 0,
-        weight_decay=args.weight_decay,
-    )
+    if args.optimizer == "sgd":
+        momentum = 0.0 if qgm else args.momentum
+        inner: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=args.lr,
+            momentum=momentum,
+            nesterov=momentum > 0,
+            weight_decay=args.weight_decay,
+        )
+    else:  # QG-Adam under qgm/q-saddle, local Adam(W) otherwise
+        cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+        inner = cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     compression = st.compression.resolve(args.compression)
-    gamma = args.gamma
-    if gamma == 0:  # same value on every rank: the tuner's simulation is deterministic
-        topo = st.context.current().topology
-        gamma = 1.0 if compression is None else st.compression.tune_gamma(topo, compression)
+    gamma = "auto" if args.gamma == 0 else args.gamma  # auto: 1 exact, tuned for a codec on this graph
     return st.DistributedOptimizer(
-        sgd,
+        inner,
         model,
         algorithm=args.algorithm,
         rho=args.rho,

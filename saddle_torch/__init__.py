@@ -138,7 +138,8 @@ def _default_name(tensor: torch.Tensor) -> str:
 
 def neighbor_average_async(
     tensor: torch.Tensor,
-    gamma: float = 1.0,
+    *,
+    gamma: float | str = "auto",
     name: str | None = None,
     inplace: bool = False,
     compression: Compression | str | None = None,
@@ -151,7 +152,8 @@ def neighbor_average_async(
 
     Args:
         tensor: a floating-point tensor (CPU, or CUDA staged through host memory).
-        gamma: the consensus step γ.
+        gamma: the consensus step γ in (0, 1], or ``"auto"`` (default): 1 for exact gossip, the value
+            :func:`saddle_torch.compression.tune_gamma` picks for a codec on the current topology.
         name: identifies the tensor across ranks (default: derived from shape and dtype). The first
             round under a name checks that every rank has the same shape and dtype.
         inplace: average in place instead of into a copy.
@@ -170,13 +172,16 @@ def neighbor_average_async(
 
 def neighbor_average(
     tensor: torch.Tensor,
-    gamma: float = 1.0,
+    *,
+    gamma: float | str = "auto",
     name: str | None = None,
     inplace: bool = False,
     compression: Compression | str | None = None,
 ) -> torch.Tensor:
     """One synchronous gossip round: returns ``Σ_j w_ij x_j`` (γ = 1); see :func:`neighbor_average_async`."""
-    return neighbor_average_async(tensor, gamma, name, inplace, compression).wait()
+    return neighbor_average_async(
+        tensor, gamma=gamma, name=name, inplace=inplace, compression=compression
+    ).wait()
 
 
 def _tensors(

@@ -43,5 +43,10 @@ codec_decode_add = _C.codec_decode_add
 codec_encode_into = _C.codec_encode_into
 codec_decode_into = _C.codec_decode_into
 
+# CHOCO state (x̂, s) per gossip name, and the names' codec seeds.
+ChocoStore = _C.ChocoStore
+name_hash = _C.name_hash
+message_seed = _C.message_seed
+
 # The torch.distributed backend "saddle".
 SaddleBackend = _C.SaddleBackend

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from saddle_torch import _ops
-from saddle_torch.compression import Compression
+from saddle_torch.compression import Compression, ResidualMonitor
 from saddle_torch.compression import resolve as resolve_compression
 from saddle_torch.errors import MismatchError
 from saddle_torch.topology import Topology
@@ -46,6 +46,7 @@ class GossipHandle:
     result: torch.Tensor
     staged: torch.Tensor  # CPU tensor the engine works on (the result itself when on CPU)
     snapshot: torch.Tensor | None = None  # staged copy before mixing, for snapshot rounds of staged tensors
+    monitor: tuple[ResidualMonitor, torch.Tensor, torch.Tensor] | None = None  # compressed: (monitor, x, x̂)
     _done: bool = field(default=False)
 
     def wait(self) -> torch.Tensor:
@@ -56,6 +57,9 @@ class GossipHandle:
         """
         if not self._done:
             self.context.engine.finish(self.round)
+            if self.monitor is not None:
+                monitor, x, x_hat = self.monitor
+                monitor.observe(x, x_hat)
             if self.snapshot is not None:  # the caller moved result since start: add the mixing delta
                 self.result.add_((self.staged - self.snapshot).to(self.result.device))
             elif self.staged is not self.result:
@@ -94,14 +98,21 @@ class GossipContext:
         self.topology = topology
         self.engine = _ops.GossipEngine(backend, topology._native, timeout.total_seconds())
         self.compression = resolve_compression(compression)
-        self._choco: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (x̂, s)
+        self.choco = _ops.ChocoStore()  # CHOCO's (x̂, s) per gossip name: reset by set_topology
+        self._gammas: dict[tuple[int, str], float] = {}  # "auto" γ per (topology digest, codec)
+        self._residuals: dict[str, ResidualMonitor] = {}
         self._registered: dict[str, list[int]] = {}
         self._steps: dict[str, int] = {}
         self._prefixes: dict[str, int] = {}
 
     # -- topology -------------------------------------------------------------------------------
     def set_topology(self, topology: Topology) -> None:
-        """Switch every rank to ``topology`` (collective: every rank must call it)."""
+        """Switch every rank to ``topology`` (collective: every rank must call it).
+
+        Compressed gossip starts afresh: CHOCO's s = Σ_j w_ij x̂_j belongs to the old W, so every
+        name's (x̂, s) is dropped and re-created at its next round (from the common tensor when the
+        ranks hold one, else from 0), on every rank alike.
+        """
         if topology.size != self.size:
             raise ValueError(
                 f"topology {topology.name} has {topology.size} ranks but the world has {self.size}"
@@ -109,13 +120,39 @@ class GossipContext:
         self._check_topology_agreement(topology)
         self.engine.set_topology(topology._native)
         self.topology = topology
+        self.choco.clear()
+        self._residuals.clear()
 
-    def _check_topology_agreement(self, topology: Topology) -> None:
+    def topology_digest(self, topology: Topology | None = None) -> int:
+        """CRC of the mixing matrices of ``topology`` (default: the current one) over one period."""
+        topology = topology or self.topology
         digest = 0
         for step in range(topology.period):
-            w = topology.mixing_matrix(step).contiguous().numpy().tobytes()
-            digest = zlib.crc32(w, digest)
-        mine = torch.tensor([digest, topology.period], dtype=torch.int64)
+            digest = zlib.crc32(topology.mixing_matrix(step).contiguous().numpy().tobytes(), digest)
+        return digest
+
+    def resolve_gamma(self, gamma: float | str, compression: Compression | None) -> float:
+        """γ for a round: ``gamma`` itself, or for ``"auto"`` 1 (exact) or the tuned γ of the codec.
+
+        The tuned value is computed once per (topology, codec) by rank 0 and broadcast, so every rank
+        uses the same γ; the first ``"auto"`` round of a (topology, codec) is therefore collective.
+        """
+        if gamma != "auto":
+            return float(gamma)
+        if compression is None:
+            return 1.0
+        key = (self.topology_digest(), repr(compression))
+        value = self._gammas.get(key)
+        if value is None:
+            from saddle_torch.compression import tune_gamma
+
+            mine = torch.tensor([tune_gamma(self.topology, compression) if self.rank == 0 else 0.0])
+            dist.broadcast(mine, 0, group=self.group)
+            value = self._gammas[key] = float(mine)
+        return value
+
+    def _check_topology_agreement(self, topology: Topology) -> None:
+        mine = torch.tensor([self.topology_digest(topology), topology.period], dtype=torch.int64)
         every = [torch.empty_like(mine) for _ in range(self.size)]
         dist.all_gather(every, mine, group=self.group)
         differ = [r for r, t in enumerate(every) if not torch.equal(t, every[0])]
@@ -163,7 +200,7 @@ class GossipContext:
         self,
         tensor: torch.Tensor,
         name: str,
-        gamma: float,
+        gamma: float | str,
         inplace: bool,
         snapshot: bool,
         compression: Compression | str | None = None,
@@ -171,9 +208,11 @@ class GossipContext:
         """Register (first time), then post one round; see :func:`saddle_torch.neighbor_average_async`.
 
         ``compression=None`` uses the context's default; ``Compression.none`` forces exact gossip.
+        ``gamma="auto"``: see :meth:`resolve_gamma`.
         """
         comp = self.compression if compression is None else resolve_compression(compression)
         self.register(name, tensor)
+        gamma = self.resolve_gamma(gamma, comp)
         if comp is not None:
             return self._start_compressed(tensor, name, gamma, inplace, comp)
         step = self._steps.get(name, 0)
@@ -200,24 +239,18 @@ class GossipContext:
         on_cpu = result.device.type == "cpu" and result.is_contiguous()
         staged = result if on_cpu else result.detach().to("cpu", copy=True).contiguous()
         flat = staged.view(-1)
-        state = self._choco.get(name)
-        state = self._new_choco_state(name, flat) if state is None else self.choco_state(name, flat.numel())
+        if not self.choco.has(name):  # first round since creation or set_topology (collective)
+            self.prime_choco(name, flat)
+        x_hat, s = self.choco.get_or_zeros(name, flat.numel())
         snapshot = None if on_cpu else staged.clone()  # staged copies get the CHOCO delta added back
         handle = self.engine.start_compressed(
-            flat, state[0], state[1], step, gamma, comp.native, comp.error_feedback, zlib.crc32(name.encode())
+            flat, x_hat, s, step, gamma, comp.native, comp.error_feedback, _ops.name_hash(name)
         )
         self._steps[name] = step + 1
-        return GossipHandle(self, handle, result, staged, snapshot)
-
-    def _new_choco_state(self, name: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CHOCO's (x̂, s) for the first compressed round of ``name`` (collective).
-
-        x̂ = s = x₀ when every rank holds the same tensor (see :meth:`prime_choco`), zeros otherwise.
-        """
-        if not self.prime_choco(name, flat):
-            zeros = torch.zeros(flat.numel(), dtype=torch.float32)
-            self._choco[name] = (zeros, zeros.clone())
-        return self._choco[name]
+        monitor = self._residuals.get(name)
+        if monitor is None:
+            monitor = self._residuals[name] = ResidualMonitor(name, gamma, comp)
+        return GossipHandle(self, handle, result, staged, snapshot, monitor=(monitor, flat, x_hat))
 
     def prime_choco(self, name: str, tensor: torch.Tensor) -> bool:
         """Start CHOCO's public copies of ``name`` at ``tensor`` if every rank holds the same one.
@@ -232,7 +265,7 @@ class GossipContext:
             whether the state was created; nothing changes when the ranks differ, when ``name``
             already has state, or for tensors other than float32.
         """
-        if name in self._choco or tensor.dtype != torch.float32:
+        if self.choco.has(name) or tensor.dtype != torch.float32:
             return False
         data = tensor.detach().to("cpu").contiguous().view(-1)
         mine = torch.tensor([zlib.crc32(data.numpy()), data.numel()], dtype=torch.int64)
@@ -240,20 +273,8 @@ class GossipContext:
         dist.all_gather(every, mine, group=self.group)
         if not all(torch.equal(t, mine) for t in every):
             return False
-        self._choco[name] = (data.clone(), data.clone())
+        self.choco.set(name, data, data)
         return True
-
-    def choco_state(self, name: str, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """CHOCO's (x̂, s) of ``name``, created as zeros on first use (float32, CPU)."""
-        state = self._choco.get(name)
-        if state is None:
-            state = (torch.zeros(numel, dtype=torch.float32), torch.zeros(numel, dtype=torch.float32))
-            self._choco[name] = state
-        elif state[0].numel() != numel:
-            raise MismatchError(
-                f"CHOCO state of {name!r} has {state[0].numel()} elements, the tensor {numel}"
-            )
-        return state
 
     def step_of(self, name: str) -> int:
         """Number of rounds done so far under ``name`` (selects the phase of a time-varying topology)."""

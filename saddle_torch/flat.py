@@ -77,6 +77,13 @@ class FlatParameters:
             self.buffers[key] = buf
             if grads:
                 self.grad_buffers[key] = torch.zeros_like(buf)
+        # Built once: the step re-attaches gradients after every pass and checks the parameters.
+        self._grad_views = [
+            (p, view) for key, gbuf in self.grad_buffers.items() for p, view in self._views(key, gbuf)
+        ]
+        self._param_ptrs = [
+            (p, view.data_ptr()) for key, buf in self.buffers.items() for p, view in self._views(key, buf)
+        ]
         if grads:
             self.attach_grads()
 
@@ -103,25 +110,24 @@ class FlatParameters:
 
         Call after anything that replaced gradients, e.g. ``zero_grad(set_to_none=True)``.
         """
-        for key, gbuf in self.grad_buffers.items():
-            for p, view in self._views(key, gbuf):
-                if p.grad is None:
-                    view.zero_()
-                elif p.grad.data_ptr() != view.data_ptr():
-                    view.copy_(p.grad)
-                else:
-                    continue
-                p.grad = view
+        for p, view in self._grad_views:
+            grad = p.grad
+            if grad is view:
+                continue
+            if grad is None:
+                view.zero_()
+            elif grad.data_ptr() != view.data_ptr():
+                view.copy_(grad)
+            p.grad = view
 
     def check(self) -> None:
         """Raise ``RuntimeError`` if a parameter no longer lives in its buffer (e.g. after ``model.to()``)."""
-        for key, buf in self.buffers.items():
-            for p, view in self._views(key, buf):
-                if p.data_ptr() != view.data_ptr():
-                    raise RuntimeError(
-                        "a parameter no longer lives in the flat buffer (was the model moved with .to() "
-                        "or were parameters replaced?); create FlatParameters after moving the model"
-                    )
+        for p, ptr in self._param_ptrs:
+            if p.data_ptr() != ptr:
+                raise RuntimeError(
+                    "a parameter no longer lives in the flat buffer (was the model moved with .to() "
+                    "or were parameters replaced?); create FlatParameters after moving the model"
+                )
 
 
 __all__ = ["BufferKey", "FlatParameters"]

@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "core/topology/generators.h"
+#include "torch/choco_store.h"
 #include "torch/codec_ops.h"
 #include "torch/errors.h"
 #include "torch/gossip_engine.h"
@@ -145,6 +146,21 @@ void bind_codecs(py::module_& m) {
         py::call_guard<py::gil_scoped_release>());
 }
 
+void bind_choco(py::module_& m) {
+  using st::ChocoStore;
+  py::class_<ChocoStore, std::shared_ptr<ChocoStore>>(m, "ChocoStore")
+      .def(py::init<>())
+      .def("has", &ChocoStore::has, py::arg("name"))
+      .def("get_or_zeros", &ChocoStore::get_or_zeros, py::arg("name"), py::arg("numel"))
+      .def("get", &ChocoStore::get, py::arg("name"))
+      .def("set", &ChocoStore::set, py::arg("name"), py::arg("x_hat"), py::arg("s"))
+      .def("erase", &ChocoStore::erase, py::arg("name"))
+      .def("clear", &ChocoStore::clear)
+      .def("names", &ChocoStore::names);
+  m.def("name_hash", &st::name_hash, py::arg("name"));
+  m.def("message_seed", &st::message_seed, py::arg("name_hash"), py::arg("step"), py::arg("sender"));
+}
+
 void bind_backend(py::module_& m) {
   // The base class c10d::Backend is registered by torch.distributed (imported before this module).
   py::class_<st::SaddleBackend, c10d::Backend, c10::intrusive_ptr<st::SaddleBackend>>(m, "SaddleBackend")
@@ -158,6 +174,12 @@ void bind_backend(py::module_& m) {
            }),
            py::arg("inner"), py::arg("topology"), py::arg("timeout_seconds"), py::arg("gossip_sum"), py::arg("gamma"),
            py::arg("codec") = nullptr, py::arg("error_feedback") = true)
+      .def(
+          "choco_names", [](st::SaddleBackend& b) { return b.choco().names(); },
+          "Names of the buffers that hold CHOCO state")
+      .def(
+          "choco_state", [](st::SaddleBackend& b, const std::string& name) { return b.choco().get(name); },
+          py::arg("name"))
       .def("gossip_stats", [](st::SaddleBackend& b) {
         const st::EngineStats s = b.engine().stats();
         py::dict d;
@@ -179,5 +201,6 @@ PYBIND11_MODULE(_C, m) {
   bind_engine(m);
   bind_optim(m);
   bind_codecs(m);
+  bind_choco(m);
   bind_backend(m);
 }

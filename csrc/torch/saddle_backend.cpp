@@ -40,14 +40,33 @@ c10::intrusive_ptr<c10d::Work> SaddleBackend::allreduce(std::vector<at::Tensor>&
       rounds.push_back(engine_->start(t, round_options));
       continue;
     }
-    auto& state = choco_[{t.data_ptr(), t.numel()}];
-    if (!state.first.defined()) state = {at::zeros({t.numel()}, at::kFloat), at::zeros({t.numel()}, at::kFloat)};
-    const CompressionOptions compression{options_.codec, options_.error_feedback, static_cast<uint64_t>(t.numel())};
+    const std::string name = buffer_name(t);
+    const ChocoStore::State state = choco_.get_or_zeros(name, t.numel());
+    const CompressionOptions compression{options_.codec, options_.error_feedback, name_hash(name)};
     rounds.push_back(engine_->start_compressed(t.view({-1}), state.first, state.second, round_options, compression));
   }
   ++step_;
   const double scale = opts.reduceOp.op_ == c10d::ReduceOp::SUM ? static_cast<double>(getSize()) : 1.0;
   return c10::make_intrusive<GossipWork>(engine_, std::move(rounds), tensors, scale);
+}
+
+std::string SaddleBackend::buffer_name(const at::Tensor& t) {
+  c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+  std::string found;
+  for (auto it = buffers_.begin(); it != buffers_.end();) {
+    auto alive = it->storage.lock();
+    if (!alive) {  // freed (DDP rebuilt its buckets): its state is no one's any more
+      choco_.erase(it->name);
+      it = buffers_.erase(it);
+      continue;
+    }
+    if (alive.get() == storage && it->offset == t.storage_offset() && it->numel == t.numel()) found = it->name;
+    ++it;
+  }
+  if (!found.empty()) return found;
+  std::string name = "backend/buffer" + std::to_string(buffers_seen_++) + "/" + std::to_string(t.numel());
+  buffers_.push_back(KnownBuffer{t.storage().getWeakStorageImpl(), t.storage_offset(), t.numel(), name});
+  return name;
 }
 
 GossipWork::GossipWork(std::shared_ptr<GossipEngine> engine, std::vector<std::shared_ptr<Round>> rounds,

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "torch/choco_store.h"
 #include "torch/gossip_engine.h"
 
 namespace saddle::torch_ext {
@@ -19,8 +20,9 @@ struct SaddleBackendOptions {
   // unmodified DDP needs (it sums gradients already divided by n). Changes SUM's meaning: opt-in.
   bool gossip_sum = false;
   double gamma = 1.0;
-  // Optional CHOCO compression (float32 tensors). The state (x̂, s) is kept per tensor buffer, which
-  // suits DDP's persistent bucket buffers; seeds derive from the tensor size, equal on all ranks.
+  // Optional CHOCO compression (float32 tensors). The state (x̂, s) is kept per tensor buffer (DDP's
+  // gradient buckets persist across iterations), named "backend/buffer<k>/<numel>" with k the order
+  // in which buffers were first gossiped: the same on every rank, and a different codec seed each.
   CodecPtr codec;
   bool error_feedback = true;
 };
@@ -32,6 +34,7 @@ class SaddleBackend : public c10d::Backend {
 
   const std::string getBackendName() const override { return "saddle"; }
   GossipEngine& engine() { return *engine_; }
+  ChocoStore& choco() { return choco_; }
 
   c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors,
                                            const c10d::AllreduceOptions& opts) override;
@@ -72,12 +75,24 @@ class SaddleBackend : public c10d::Backend {
 
  private:
   bool gossips(const std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) const;
+  // The CHOCO name of a gossiped buffer. A buffer is its storage (held weakly, so a freed buffer
+  // whose address is reused is a new buffer), offset and size; state of freed buffers is dropped.
+  std::string buffer_name(const at::Tensor& t);
+
+  struct KnownBuffer {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    int64_t offset;
+    int64_t numel;
+    std::string name;
+  };
 
   c10::intrusive_ptr<c10d::Backend> inner_;
   std::shared_ptr<GossipEngine> engine_;
   SaddleBackendOptions options_;
   int64_t step_ = 0;  // gossip rounds so far: the phase of a time-varying topology
-  std::map<std::pair<const void*, int64_t>, std::pair<at::Tensor, at::Tensor>> choco_;  // (x̂, s) per buffer
+  ChocoStore choco_;
+  std::vector<KnownBuffer> buffers_;
+  int64_t buffers_seen_ = 0;
 };
 
 // A gossip all_reduce in flight. Its future completes on its own (DDP waits on the future, not the

@@ -1,10 +1,138 @@
-"""``ngm``: neighbourhood gradient mean with cross-gradients (Aketi et al.).
+"""NGM's neighbourhood gradient mean (Aketi et al.): the model round and the cross-gradient round.
 
-Round 1 exchanges models; rank i computes g_ji = ∇F_i(x_j) for each neighbour j on its own batch and
-sends it back; ĝ_i = Σ_{j∈N(i)∪{i}} w_ji g_ij (the data-variant mean). Local momentum (the wrapped
-optimizer) on ĝ_i, then the local step and gossip.
+Rank i holds each in-neighbour's model x_j (from the AWC gossip round, or an exchange at ``begin``
+under ATC), computes g_ji = ∇F_i(x_j) on its own batch — with SAM for N-SADDLe's ``cross_sam`` —
+sends it back to j, and replaces its gradient by ĝ_i = w_ii g_ii + Σ_{j∈out(i)} w_ji g_ij.
+
+A rank whose step fails still takes part in the cross round, sending NaN in place of its
+cross-gradients; a receiver leaves such a neighbour out of its mean and renormalises the weights.
 """
 
-from saddle_torch.optim.algorithm import Algorithm
+from __future__ import annotations
 
-ALGORITHM = Algorithm("ngm", sam=False, qgm=False, cross=True, summary="neighbourhood gradient mean")
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from typing_extensions import override
+
+from saddle_torch import _ops
+from saddle_torch.flat import BufferKey
+from saddle_torch.optim.sam import Sam, frozen_batchnorm
+from saddle_torch.optim.step import Closure, Phase, StepRun, evaluate
+
+if TYPE_CHECKING:
+    from saddle_torch.optim.wrapper import SaddleRuntime
+
+
+def exchange_models(rt: SaddleRuntime, run: StepRun) -> None:
+    """ATC: receive the in-neighbours' current models into ``run.models`` without mixing them."""
+    ctx, rank = rt.ctx, rt.ctx.rank
+    ins = ctx.topology.in_neighbors(rank, run.model_step)
+    outs = ctx.topology.out_neighbors(rank, run.model_step)
+    rounds = []
+    for key, x in rt.flat.buffers.items():
+        send = x.detach().to("cpu", copy=True)
+        run.models[key] = [torch.empty_like(send) for _ in ins]
+        rounds.append(
+            (
+                send,
+                ctx.engine.exchange([(j, send) for j in outs], list(zip(ins, run.models[key], strict=True))),
+            )
+        )
+    for _, r in rounds:
+        ctx.engine.finish(r)
+
+
+def received_models(rt: SaddleRuntime, run: StepRun) -> dict[BufferKey, list[torch.Tensor]]:
+    """The in-neighbours' models of this step (AWC: the gossip round's received buffers)."""
+    if run.handles:
+        return {key: rt.ctx.engine.received(h.round) for key, h in run.handles.items()}
+    return run.models
+
+
+class CrossGradients(Phase):
+    """The NGM gradient: cross-gradients on the neighbours' models, one exchange, the weighted mean."""
+
+    def __init__(self, sam: Sam | None) -> None:
+        self.sam = sam  # set when the cross terms are sharpness-aware (N-SADDLe with cross_sam)
+        self._exchanged = False
+        # The cross-gradients received in the last step, {neighbour: {buffer: g_ij}} (for inspection).
+        self.received: dict[int, dict[BufferKey, torch.Tensor]] = {}
+
+    @override
+    def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
+        self._exchanged = False
+        if rt.config.order == "atc":
+            exchange_models(rt, run)
+
+    def _exchange(
+        self, rt: SaddleRuntime, run: StepRun, sends: dict[int, dict[BufferKey, torch.Tensor]]
+    ) -> dict[int, dict[BufferKey, torch.Tensor]]:
+        """Send ``sends[j]`` to each in-neighbour j; receive g_ij from each out-neighbour."""
+        self._exchanged = True
+        topo, rank = rt.ctx.topology, rt.ctx.rank
+        outs = topo.out_neighbors(rank, run.model_step)
+        ins = topo.in_neighbors(rank, run.model_step)
+        grads = rt.flat.grad_buffers
+        received = {j: {k: torch.empty(g.shape, dtype=g.dtype) for k, g in grads.items()} for j in outs}
+        rounds = [
+            rt.ctx.engine.exchange([(j, sends[j][key]) for j in ins], [(j, received[j][key]) for j in outs])
+            for key in grads
+        ]
+        for r in rounds:
+            rt.ctx.engine.finish(r)
+        return received
+
+    @override
+    def gradient(self, rt: SaddleRuntime, run: StepRun, closure: Closure | None) -> None:
+        assert closure is not None  # the wrapper refuses cross-gradients without a closure
+        ins = rt.ctx.topology.in_neighbors(rt.ctx.rank, run.model_step)
+        models = received_models(rt, run)
+        g_self = {k: g.detach().clone() for k, g in rt.flat.grad_buffers.items()}
+        cross: dict[int, dict[BufferKey, torch.Tensor]] = {}
+        with frozen_batchnorm(rt.bn_layers):
+            for idx, j in enumerate(ins):
+                with torch.no_grad():
+                    for key, x in rt.flat.buffers.items():
+                        x.copy_(models[key][idx])
+                evaluate(rt, closure)
+                if self.sam is not None:
+                    self.sam.gradient(rt, run, closure)
+                cross[j] = {k: g.detach().to("cpu", copy=True) for k, g in rt.flat.grad_buffers.items()}
+        with torch.no_grad():
+            for key, x in rt.flat.buffers.items():
+                x.copy_(rt.x_prev[key])
+        self.received = self._exchange(rt, run, cross)
+        self._combine(rt, run, g_self)
+
+    def _combine(self, rt: SaddleRuntime, run: StepRun, g_self: dict[BufferKey, torch.Tensor]) -> None:
+        topo, rank = rt.ctx.topology, rt.ctx.rank
+        valid = [
+            j
+            for j, grads in self.received.items()
+            if not any(math.isnan(float(g[0])) for g in grads.values())
+        ]
+        w_self = topo.weights(rank, run.model_step)[rank]
+        w_cols = [topo.weights(j, run.model_step)[rank] for j in valid]
+        total = w_self + sum(w_cols)  # < 1 only when a neighbour's step failed (NaN sentinel)
+        with torch.no_grad():
+            for key, g in rt.flat.grad_buffers.items():
+                g.copy_(g_self[key])
+                _ops.weighted_sum_(
+                    g,
+                    w_self / total,
+                    [self.received[j][key].to(g.device) for j in valid],
+                    [w / total for w in w_cols],
+                )
+
+    @override
+    def abort(self, rt: SaddleRuntime, run: StepRun) -> None:
+        if self._exchanged:
+            return
+        ins = rt.ctx.topology.in_neighbors(rt.ctx.rank, run.model_step)
+        nan = {k: torch.full(g.shape, math.nan, dtype=g.dtype) for k, g in rt.flat.grad_buffers.items()}
+        self._exchange(rt, run, {j: nan for j in ins})
+
+
+__all__ = ["CrossGradients", "exchange_models", "received_models"]

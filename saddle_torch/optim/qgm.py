@@ -1,9 +1,173 @@
-"""``qgm``: quasi-global momentum (Lin et al., ICML 2021).
+"""Quasi-global momentum (Lin et al., ICML 2021) as the direction phase: QGM-SGD and QG-Adam.
 
-g = ∇F + λx; m = β m̂ + g; u = g + β m (Nesterov) or m; x½ = x − η u; x_new = gossip(x½);
-m̂ ← μ m̂ + (1 − μ)(x − x_new)/η. The buffer follows the net model change, neighbours included.
+QGM-SGD (wrapping ``SGD(momentum=0)``): g ← g + λx; m = β m̂ + g; u = g + β m (Nesterov) or m;
+x½ = x − η u (the wrapped SGD takes u as its gradient); after gossip m̂ ← μ m̂ + (1 − μ)(x − x_new)/η.
+
+QG-Adam (wrapping ``Adam``/``AdamW``, the QGM paper's Adam variant): the stored moments m̂₁, m̂₂ are
+fed by the normalised model displacement d = (x − x_new)/‖x − x_new‖ after gossip, not by the
+gradient; each step builds temporaries m₁ = β₁ m̂₁ + g, m₂ = β₂ m̂₂ + (1 − β₂) g² and moves
+x½ = x − η/(1 − β₁ᵗ) · m₁/(√(m₂/(1 − β₂ᵗ)) + ε). Adam's λ is coupled (g += λx); AdamW's (and
+``Adam(decoupled_weight_decay=True)``'s) is decoupled (x ← x(1 − ηλ) first). The wrapped optimizer's
+own state stays empty: its hyper-parameters (lr, betas, eps, weight_decay) are read every step, so LR
+schedulers keep working.
 """
 
-from saddle_torch.optim.algorithm import Algorithm
+from __future__ import annotations
 
-ALGORITHM = Algorithm("qgm", sam=False, qgm=True, cross=False, summary="quasi-global momentum")
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from typing_extensions import override
+
+from saddle_torch import _ops
+from saddle_torch.optim.step import Phase, StepRun
+
+if TYPE_CHECKING:
+    from saddle_torch.optim.wrapper import SaddleRuntime
+
+ALTERNATIVES = (
+    "wrap torch.optim.SGD(momentum=0), Adam or AdamW, or keep this optimizer with an algorithm whose "
+    "momentum is local: 'sam-dsgd' (SAM), 'dsgd', 'n-saddle' or 'ngm'"
+)
+
+
+class QgmSgd(Phase):
+    """QGM-SGD: the direction is computed here and handed to the wrapped SGD as its gradient."""
+
+    def __init__(self, rt: SaddleRuntime) -> None:
+        self.m_hat = {key: torch.zeros_like(x) for key, x in rt.flat.buffers.items()}
+
+    @override
+    def direction(self, rt: SaddleRuntime, run: StepRun) -> None:
+        cfg, opt = rt.config, rt.optimizer
+        for key, g in rt.flat.grad_buffers.items():
+            wd = opt.param_groups[key.group].get("weight_decay", 0.0)
+            _ops.qgm_direction(g, self.m_hat[key], rt.flat.buffers[key], cfg.beta, wd, cfg.nesterov)
+        # λx is already in the direction: the wrapped optimizer must not add it again.
+        saved = [group.get("weight_decay") for group in opt.param_groups]
+        for group in opt.param_groups:
+            if "weight_decay" in group:
+                group["weight_decay"] = 0.0
+        try:
+            rt.base.step(opt)
+        finally:
+            for group, wd in zip(opt.param_groups, saved, strict=True):
+                if wd is not None:
+                    group["weight_decay"] = wd
+
+    @override
+    def commit(self, rt: SaddleRuntime, run: StepRun) -> None:
+        for key, x in rt.flat.buffers.items():
+            lr = float(rt.optimizer.param_groups[key.group]["lr"])
+            if lr > 0:
+                _ops.qgm_buffer_update(self.m_hat[key], rt.x_prev[key], x, rt.config.mu, lr)
+
+    @override
+    def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:
+        return {"m_hat": {k.name(): t.clone() for k, t in self.m_hat.items()}}
+
+    @override
+    def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
+        _load_buffers(self.m_hat, state["m_hat"], "QGM buffer")
+
+
+class QgAdam(Phase):
+    """QG-Adam: Adam's moments follow the normalised model displacement (module docstring)."""
+
+    def __init__(self, rt: SaddleRuntime, decoupled: list[bool]) -> None:
+        self.decoupled = decoupled  # per param group
+        self.m1 = {key: torch.zeros_like(x) for key, x in rt.flat.buffers.items()}
+        self.m2 = {key: torch.zeros_like(x) for key, x in rt.flat.buffers.items()}
+
+    @override
+    def direction(self, rt: SaddleRuntime, run: StepRun) -> None:
+        t = rt.step + 1
+        with torch.no_grad():
+            for key, x in rt.flat.buffers.items():
+                group = rt.optimizer.param_groups[key.group]
+                lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+                g = rt.flat.grad_buffers[key]
+                if wd and self.decoupled[key.group]:
+                    x.mul_(1 - lr * wd)
+                elif wd:
+                    g.add_(x, alpha=wd)
+                m1 = self.m1[key].mul(b1).add_(g)
+                denom = self.m2[key].mul(b2).addcmul_(g, g, value=1 - b2).div_(1 - b2**t).sqrt_().add_(eps)
+                x.addcdiv_(m1, denom, value=-lr / (1 - b1**t))
+
+    @override
+    def commit(self, rt: SaddleRuntime, run: StepRun) -> None:
+        with torch.no_grad():
+            d = {key: rt.x_prev[key] - x for key, x in rt.flat.buffers.items()}
+            norm = math.sqrt(sum(float(v.pow(2).sum()) for v in d.values()))
+            for key, v in d.items():
+                group = rt.optimizer.param_groups[key.group]
+                b1, b2 = group["betas"]
+                v.div_(norm + 1e-8)
+                self.m1[key].mul_(b1).add_(v, alpha=1 - b1)
+                self.m2[key].mul_(b2).addcmul_(v, v, value=1 - b2)
+
+    @override
+    def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:
+        return {
+            "m1": {k.name(): t.clone() for k, t in self.m1.items()},
+            "m2": {k.name(): t.clone() for k, t in self.m2.items()},
+        }
+
+    @override
+    def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
+        _load_buffers(self.m1, state["m1"], "QG-Adam first moment")
+        _load_buffers(self.m2, state["m2"], "QG-Adam second moment")
+
+
+def _load_buffers(mine: dict, saved: dict[str, torch.Tensor], what: str) -> None:
+    by_name = {k.name(): k for k in mine}
+    for name, t in saved.items():
+        key = by_name.get(name)
+        if key is None or mine[key].shape != t.shape:
+            raise ValueError(f"checkpoint {what} {name} {tuple(t.shape)} does not fit this model")
+        mine[key].copy_(t)
+
+
+def check_optimizer(algorithm: str, beta: float, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer that has no quasi-global-momentum form, naming the alternatives.
+
+    Raises:
+        ValueError: an optimizer other than SGD/Adam/AdamW (subclasses included: their step would be
+            bypassed), SGD with momentum or Nesterov, ``maximize=True``, or Adam's ``amsgrad``.
+    """
+    kind = type(optimizer)
+    if kind not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        raise ValueError(
+            f"{algorithm!r} has no quasi-global-momentum form for {kind.__name__}; {ALTERNATIVES}"
+        )
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("maximize", False):
+            raise ValueError(f"{algorithm!r} does not support maximize=True (param group {i})")
+        if kind is torch.optim.SGD and (group.get("momentum", 0) or group.get("nesterov", False)):
+            raise ValueError(
+                f"{algorithm!r} computes quasi-global momentum itself (beta={beta}); param group {i} of the "
+                f"wrapped SGD has momentum={group.get('momentum')}, nesterov={group.get('nesterov')}: create "
+                "it with momentum=0 (the momentum is the QGM beta), or use 'sam-dsgd'/'dsgd' to keep the "
+                "optimizer's own momentum"
+            )
+        if kind is not torch.optim.SGD and group.get("amsgrad", False):
+            raise ValueError(
+                f"{algorithm!r} has no quasi-global form of amsgrad (param group {i}); {ALTERNATIVES}"
+            )
+
+
+def qgm_direction(rt: SaddleRuntime, optimizer: torch.optim.Optimizer) -> Phase:
+    """The QGM direction phase for the wrapped ``optimizer`` (checked by :func:`check_optimizer`)."""
+    kind = rt.base
+    if kind is torch.optim.SGD:
+        return QgmSgd(rt)
+    decoupled = [
+        kind is torch.optim.AdamW or bool(g.get("decoupled_weight_decay", False))
+        for g in optimizer.param_groups
+    ]
+    return QgAdam(rt, decoupled)
+
+
+__all__ = ["ALTERNATIVES", "QgAdam", "QgmSgd", "check_optimizer", "qgm_direction"]

@@ -1,16 +1,22 @@
-"""SAM / ASAM on flat buffers, and BatchNorm statistics kept out of the extra passes."""
+"""SAM / ASAM on flat buffers (the gradient phase of SADDLe); BatchNorm kept out of extra passes."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from saddle_torch import _ops
 from saddle_torch.flat import BufferKey, FlatParameters
+from saddle_torch.optim.step import Closure, Phase, StepRun, evaluate
+
+if TYPE_CHECKING:
+    from saddle_torch.optim.wrapper import SaddleRuntime
 
 
 def perturbation_scale(flat: FlatParameters, rho: float, adaptive: bool) -> float:
@@ -34,23 +40,25 @@ def restore(flat: FlatParameters, e: dict[BufferKey, torch.Tensor]) -> None:
         _ops.sam_restore(x, e[key])
 
 
-def _bn_modules(model: nn.Module | None) -> list[nn.modules.batchnorm._BatchNorm]:
+def batchnorm_layers(model: nn.Module | None) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that track running statistics (found once, at wrap time)."""
     if model is None:
         return []
     return [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and m.running_mean is not None
     ]
 
 
 class BatchNormSnapshot:
-    """Running statistics of every BatchNorm layer of a model, to put back after an extra pass."""
+    """Running statistics of some BatchNorm layers, to put back after an extra pass."""
 
-    def __init__(self, model: nn.Module | None, enabled: bool = True) -> None:
-        mods = _bn_modules(model) if enabled else []
+    def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm]) -> None:
         self._saved = [
-            (m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-            for m in mods
-            if m.running_mean is not None
+            (m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers
         ]
 
     def restore(self) -> None:
@@ -63,10 +71,48 @@ class BatchNormSnapshot:
 
 
 @contextlib.contextmanager
-def frozen_batchnorm(model: nn.Module | None, enabled: bool = True) -> Iterator[None]:
-    """Within the block, BatchNorm running statistics (and batch counters) are left unchanged."""
-    snapshot = BatchNormSnapshot(model, enabled)
+def frozen_batchnorm(layers: list[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Within the block, the layers' running statistics (and batch counters) are left unchanged."""
+    snapshot = BatchNormSnapshot(layers)
     try:
         yield
     finally:
         snapshot.restore()
+
+
+class Sam(Phase):
+    """Replace the gradient by ∇F(x + e) on the same batch; x is unchanged afterwards.
+
+    ``e`` stays allocated between steps (one buffer per flat buffer). With ``first_step()`` /
+    ``second_step()`` the wrapper calls :meth:`perturb` and :meth:`restore` itself.
+    """
+
+    def __init__(self, rt: SaddleRuntime) -> None:
+        self.e = {key: torch.zeros_like(x) for key, x in rt.flat.buffers.items()}
+
+    def perturb(self, rt: SaddleRuntime) -> None:
+        """X ← x + e (after the first backward)."""
+        perturb(rt.flat, self.e, rt.config.rho, rt.config.adaptive)
+
+    def restore(self, rt: SaddleRuntime) -> None:
+        """X ← x − e (after the second backward)."""
+        restore(rt.flat, self.e)
+
+    @override
+    def gradient(self, rt: SaddleRuntime, run: StepRun, closure: Closure | None) -> None:
+        assert closure is not None  # the wrapper refuses SAM without a closure
+        self.perturb(rt)
+        with frozen_batchnorm(rt.bn_frozen):
+            evaluate(rt, closure)
+        self.restore(rt)
+
+
+__all__ = [
+    "BatchNormSnapshot",
+    "Sam",
+    "batchnorm_layers",
+    "frozen_batchnorm",
+    "perturb",
+    "perturbation_scale",
+    "restore",
+]

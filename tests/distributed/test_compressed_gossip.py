@@ -101,7 +101,7 @@ def _identical_start(rank: int, world: int, comp: Compression) -> dict:
     x = x0.clone()
     for _ in range(5):
         st.neighbor_average(x, gamma=0.5, name="same", inplace=True, compression=comp)
-    x_hat = st.context.current()._choco["same"][0]
+    x_hat = st.context.current().choco.get("same")[0]
     return {"x_unchanged": torch.equal(x, x0), "x_hat_is_x0": torch.equal(x_hat, x0)}
 
 
@@ -125,12 +125,12 @@ def _primed_by_optimizer(rank: int, world: int, same: bool) -> dict:
     ctx = st.context.current()
     (key, flat), *_ = opt.saddle.flat.buffers.items()
     name = opt.saddle.name(key)
-    primed = name in ctx._choco and torch.equal(ctx._choco[name][0], flat)
+    primed = ctx.choco.has(name) and torch.equal(ctx.choco.get(name)[0], flat)
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
     opt.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()  # atc: the models differ before the first gossip round
-    return {"primed": primed, "x_hat_nonzero": bool(ctx._choco[name][0].any())}
+    return {"primed": primed, "x_hat_nonzero": bool(ctx.choco.get(name)[0].any())}
 
 
 @pytest.mark.parametrize("same", [True, False])
@@ -138,3 +138,128 @@ def test_optimizer_primes_choco_at_construction_only_for_a_common_model(same) ->
     for rank, r in run_ranks(_primed_by_optimizer, 4, same).items():
         assert r["primed"] is same, (rank, r)
         assert r["x_hat_nonzero"], (rank, r)  # x₀ (primed) or the first message C(x − 0)
+
+
+# --- CHOCO state: checkpoints, topology changes, divergence, the backend's buffers ------------------
+def _choco_phase(rank: int, world: int, path: str, start: int, stop: int, mode: str) -> list | None:
+    import os
+
+    import torch.distributed as dist
+
+    st.init(topology="ring", timeout=timedelta(seconds=60))
+    torch.manual_seed(rank)  # different models: CHOCO starts from 0 and its state matters
+    model = torch.nn.Linear(6, 3)
+    opt = st.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        algorithm="q-saddle",
+        order="atc",
+        compression="int8",
+    )
+    if start > 0:
+        st.load_checkpoint(path, model, opt)
+    for step in range(start, stop):
+        g = torch.Generator().manual_seed(10 * rank + step)
+        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    if mode == "save-and-die":
+        st.save_checkpoint(path, model, opt)
+        dist.barrier()
+        os._exit(0)
+    name = opt.saddle.name(next(iter(opt.saddle.flat.buffers)))
+    return [p.detach().clone() for p in model.parameters()] + list(st.context.current().choco.get(name))
+
+
+def test_choco_state_survives_checkpoint_kill_resume_bit_for_bit(tmp_path) -> None:
+    world, path = 4, str(tmp_path / "ckpt-{rank}.pt")
+    straight = run_ranks(_choco_phase, world, path, 0, 6, "run")
+    run_ranks(
+        _choco_phase, world, path, 0, 3, "save-and-die", allow_missing=set(range(world)), wait_for_exit=True
+    )
+    resumed = run_ranks(_choco_phase, world, path, 3, 6, "run")
+    for rank in range(world):
+        assert straight[rank][-2].abs().sum() > 0  # x̂ moved away from its zero start
+        for a, b in zip(straight[rank], resumed[rank], strict=True):
+            assert torch.equal(a, b), rank
+
+
+def _switch_topology(rank: int, world: int) -> dict:
+    st.init(topology="ring", timeout=timedelta(seconds=60))
+    ctx = st.context.current()
+    x = _x(rank)
+    mean = torch.stack([_x(r) for r in range(world)]).mean(0)
+    for _ in range(20):
+        st.neighbor_average(x, name="x", inplace=True, compression="int8")
+    had_state = ctx.choco.has("x")
+    st.set_topology("fully_connected")
+    reset = not ctx.choco.names()
+    for _ in range(40):
+        st.neighbor_average(x, name="x", inplace=True, compression="int8")
+    return {"had_state": had_state, "reset": reset, "rel_error": float((x - mean).norm() / mean.norm())}
+
+
+def test_set_topology_resets_choco_state_and_compressed_gossip_still_reaches_the_average() -> None:
+    for rank, r in run_ranks(_switch_topology, 4).items():
+        assert r["had_state"] and r["reset"], rank
+        assert r["rel_error"] < 1e-3, (rank, r)
+
+
+def _diverge(rank: int, world: int, gamma) -> dict:
+    import warnings
+
+    st.init(topology="ring", timeout=timedelta(seconds=60))
+    x = _x(rank)
+    mean = torch.stack([_x(r) for r in range(world)]).mean(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(300):
+            st.neighbor_average(x, gamma=gamma, name="x", inplace=True, compression="topk:0.1")
+    found = [str(w.message) for w in caught if issubclass(w.category, st.compression.CompressionWarning)]
+    return {"warnings": found, "rel_error": float((x - mean).norm() / mean.norm())}
+
+
+def test_diverging_compressed_gossip_warns_once_and_auto_gamma_converges() -> None:
+    for rank, r in run_ranks(_diverge, 4, 1.0).items():
+        assert len(r["warnings"]) == 1, (rank, r["warnings"])
+        assert "gamma=1.0" in r["warnings"][0] and "topk" in r["warnings"][0]
+        assert r["rel_error"] > 0.1
+    for rank, r in run_ranks(_diverge, 4, "auto").items():
+        assert r["warnings"] == [] and r["rel_error"] < 1e-4, (rank, r)
+
+
+def _backend_buffers(rank: int, world: int) -> dict:
+    import gc
+
+    import torch.distributed as dist
+
+    st.backend.configure(topology="ring", compression="int8")
+    dist.init_process_group("saddle", timeout=timedelta(seconds=60))
+    backend = dist.group.WORLD._get_backend(torch.device("cpu"))
+    a, b = torch.randn(512), torch.randn(512)
+    for _ in range(2):
+        dist.all_reduce(a, op=dist.ReduceOp.AVG)
+        dist.all_reduce(b, op=dist.ReduceOp.AVG)
+    names = sorted(backend.choco_names())
+    x_hat_a, x_hat_b = (backend.choco_state(n)[0].clone() for n in names)
+    del a
+    gc.collect()
+    c = torch.randn(512)  # may reuse a's memory: still a new buffer
+    dist.all_reduce(c, op=dist.ReduceOp.AVG)
+    dist.all_reduce(b, op=dist.ReduceOp.AVG)
+    after = sorted(backend.choco_names())
+    dist.destroy_process_group()
+    return {"names": names, "after": after, "differ": not torch.equal(x_hat_a, x_hat_b)}
+
+
+def test_backend_names_each_buffer_and_drops_the_state_of_freed_ones() -> None:
+    for rank, r in run_ranks(_backend_buffers, 2).items():
+        assert r["names"] == ["backend/buffer0/512", "backend/buffer1/512"], r
+        assert r["after"] == ["backend/buffer1/512", "backend/buffer2/512"], r
+        assert r["differ"], rank

@@ -117,7 +117,7 @@ def test_async_rounds_stats_and_set_topology() -> None:
         # Ring: two neighbours, each sent and received the whole tensor.
         expected = 2 * (1000 * 4 + 200 * 8 + 1000 * 4)
         assert s["bytes_sent"] == expected and s["bytes_received"] == expected
-        assert s["wait_seconds"] >= 0.0
+        assert s["transfer_seconds"] > 0.0  # three rounds of real messages took time
         assert r["exact"] < 1e-12
         assert r["neighbors"] == [q for q in range(world) if q != rank]
 

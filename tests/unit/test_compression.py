@@ -72,7 +72,7 @@ def test_corrupted_messages_raise_before_writing() -> None:
 def test_choco_reaches_consensus_where_naive_compression_stalls() -> None:
     ring = T.ring(8)
     for comp in (Compression.int8, Compression.topk(0.1)):
-        gamma = tune_gamma(ring, comp, rounds=100, dim=300)
+        gamma = tune_gamma(ring, comp)
         assert 0 < gamma <= 1
         assert simulate_consensus(ring, comp, gamma, rounds=400, dim=300) < 1e-4
         assert simulate_consensus(ring, comp.without_error_feedback(), gamma, rounds=400, dim=300) > 1e-3

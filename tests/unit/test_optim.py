@@ -122,7 +122,7 @@ def test_qgm_and_q_saddle_follow_the_buffer_equations(algorithm: str, nesterov: 
                 m_hat[i] = beta * m_hat[i] + (1 - beta) * (x_prev - p) / lr
         _assert_close(model, ref)
     # The QGM buffer itself matches too.
-    (m_flat,) = opt.saddle.m_hat.values()
+    (m_flat,) = opt.saddle.direction.m_hat.values()
     assert torch.allclose(m_flat, torch.cat([m.reshape(-1) for m in m_hat]), atol=1e-12)
 
 

@@ -1,0 +1,23 @@
+"""The direction phase for algorithms with local momentum: the wrapped optimizer's own step."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from typing_extensions import override
+
+from saddle_torch.optim.step import Phase, StepRun
+
+if TYPE_CHECKING:
+    from saddle_torch.optim.wrapper import SaddleRuntime
+
+
+class LocalStep(Phase):
+    """x½ = the wrapped optimizer's update of x from the gradient (its momentum is local)."""
+
+    @override
+    def direction(self, rt: SaddleRuntime, run: StepRun) -> None:
+        rt.base.step(rt.optimizer)
+
+
+__all__ = ["LocalStep"]
