@@ -96,6 +96,7 @@ class GossipContext:
         backend = group._get_backend(torch.device("cpu"))
         self._check_topology_agreement(topology)
         self.topology = topology
+        self._digest = self.topology_digest(topology)  # keys the "auto" γ cache without per-round work
         self.engine = _ops.GossipEngine(backend, topology._native, timeout.total_seconds())
         self.compression = resolve_compression(compression)
         self.choco = _ops.ChocoStore()  # CHOCO's (x̂, s) per gossip name: reset by set_topology
@@ -120,12 +121,13 @@ class GossipContext:
         self._check_topology_agreement(topology)
         self.engine.set_topology(topology._native)
         self.topology = topology
+        self._digest = self.topology_digest(topology)
         self.choco.clear()
         self._residuals.clear()
 
-    def topology_digest(self, topology: Topology | None = None) -> int:
-        """CRC of the mixing matrices of ``topology`` (default: the current one) over one period."""
-        topology = topology or self.topology
+    @staticmethod
+    def topology_digest(topology: Topology) -> int:
+        """CRC of the mixing matrices of ``topology`` over one period."""
         digest = 0
         for step in range(topology.period):
             digest = zlib.crc32(topology.mixing_matrix(step).contiguous().numpy().tobytes(), digest)
@@ -141,7 +143,7 @@ class GossipContext:
             return float(gamma)
         if compression is None:
             return 1.0
-        key = (self.topology_digest(), repr(compression))
+        key = (self._digest, repr(compression))
         value = self._gammas.get(key)
         if value is None:
             from saddle_torch.compression import tune_gamma

@@ -4,7 +4,6 @@
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
-#include <map>
 #include <memory>
 #include <thread>
 #include <utility>

@@ -209,8 +209,8 @@ class _DistributedOptimizer:
             "step": rt.step,
             "phases": phases,
             "gossip_steps": {k.name(): rt.ctx.step_of(rt.name(k)) for k in rt.flat.buffers},
-            "choco": {
-                k.name(): rt.ctx.choco.get(rt.name(k))
+            "choco": {  # copies: later rounds update the live state in place
+                k.name(): tuple(t.clone() for t in rt.ctx.choco.get(rt.name(k)))
                 for k in rt.flat.buffers
                 if rt.ctx.choco.has(rt.name(k))
             },
@@ -236,8 +236,9 @@ class _DistributedOptimizer:
             )
         phases = extra.get("phases", {})
         for p in rt.phases:
-            if p.state_dict(rt):
-                missing = set(p.state_dict(rt)) - set(phases)
+            wanted = set(p.state_dict(rt))
+            if wanted:
+                missing = wanted - set(phases)
                 if missing:
                     raise ValueError(f"checkpoint lacks {sorted(missing)} for {type(p).__name__}")
                 p.load_state_dict(rt, phases)

@@ -97,3 +97,26 @@ def test_compression_pickles() -> None:
     c = Compression.topk(0.2).without_error_feedback()
     d = pickle.loads(pickle.dumps(c))
     assert d == c and d.encoded_bytes(100) == c.encoded_bytes(100)
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8"])
+def test_auto_gamma_keeps_near_lossless_codecs_near_one(codec: str) -> None:
+    # The old floor-chasing tuner gave int8 0.1 on ring(4) and 0.4 on ring(8), which cost 12 points.
+    for name, n in [
+        ("ring", 4),
+        ("ring", 8),
+        ("ring", 32),
+        ("torus", 16),
+        ("exponential", 16),
+        ("exponential", 32),
+    ]:
+        gamma = tune_gamma(st.topology.resolve(name, n, "uniform"), codec)
+        assert gamma >= 0.9, (codec, name, n, gamma)
+
+
+def test_auto_gamma_keeps_topk_below_its_divergence() -> None:
+    ring = T.ring(4)
+    gamma = tune_gamma(ring, "topk:0.1")
+    assert gamma <= 0.4
+    assert simulate_consensus(ring, Compression.topk(0.1), 1.0, rounds=600) > 0.1  # γ = 1 does not converge
+    assert simulate_consensus(ring, Compression.topk(0.1), gamma, rounds=600) < 1e-4
