@@ -56,7 +56,7 @@ study: install
 study-ablation: install
 	@[ -d $(FMNIST) ] || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 	$(PYTHON) bench/study.py --alphas 0.01 --seeds 0 --out runs/ablation \
-	  --configs "q-saddle+rho=0.02,q-saddle+rho=0.1,q-saddle+order=atc"
+	  --configs "q-saddle+rho=0.02,q-saddle+rho=0.1,q-saddle+order=awc"
 
 # Longer decoder fuzzing on demand (libFuzzer + ASan/UBSan; see tests/fuzz/README.md).
 fuzz:

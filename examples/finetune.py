@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--rho", type=float, default=0.05)
-    p.add_argument("--order", choices=("awc", "atc"), default="awc")
+    p.add_argument("--order", choices=("awc", "atc"), default="atc")
     p.add_argument("--compression", default="none", help="gossip codec with CHOCO, as in train.py")
     p.add_argument("--gamma", type=float, default=0.0, help="gossip step γ (0: auto, tuned with compression)")
     p.add_argument(

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--momentum", type=float, default=0.9, help="local Nesterov momentum; the QGM β for qgm/q-saddle")
     a("--weight-decay", type=float, default=5e-4)
     a("--rho", type=float, default=0.05, help="SAM radius (SAM algorithms)")
-    a("--order", choices=("awc", "atc"), default="awc")
+    a("--order", choices=("awc", "atc"), default="atc")
     a(
         "--compression",
         default="none",
@@ -476,7 +476,9 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         bytes_base -= extra["bytes_sent"]
         stream.seek(extra["data_epoch"], extra["data_position"])
 
-    config = {**vars(args), "world_size": n, "out": str(out)}
+    cfg = opt.saddle.config
+    gamma_used = current().resolve_gamma(cfg.gamma, cfg.compression)  # cached at wrap time: no collective
+    config = {**vars(args), "world_size": n, "out": str(out), "gamma_used": gamma_used}
     title = (
         f"{args.dataset} / {args.model}, {args.partition}"
         + (f" α={args.alpha:g}" if args.partition == "dirichlet" else f" {args.shards_per_rank}/rank")

@@ -120,3 +120,28 @@ def test_auto_gamma_keeps_topk_below_its_divergence() -> None:
     assert gamma <= 0.4
     assert simulate_consensus(ring, Compression.topk(0.1), 1.0, rounds=600) > 0.1  # γ = 1 does not converge
     assert simulate_consensus(ring, Compression.topk(0.1), gamma, rounds=600) < 1e-4
+
+
+def _feed(monitor, residuals: list[float]) -> list[str]:
+    import warnings
+
+    x = torch.ones(100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for r in residuals:
+            for _ in range(monitor.every):
+                monitor.observe(x, x - r)  # ‖x − x̂‖/‖x‖ = r
+    return [str(w.message) for w in caught]
+
+
+def test_residual_monitor_warns_once_on_growth_and_on_no_contraction_only() -> None:
+    from saddle_torch.compression import ResidualMonitor
+
+    make = lambda: ResidualMonitor("x", 0.6, Compression.topk(0.12))  # noqa: E731
+    grows = [0.05 * 1.25**k for k in range(30)]  # what topk at γ = 0.6 does in training
+    (msg,) = _feed(make(), grows)
+    assert "gamma=0.6" in msg and "topk" in msg and "grew" in msg
+    assert len(_feed(make(), [1.2] * 30)) == 1  # never contracts
+    healthy = [0.04, 0.045, 0.05, 0.047, 0.03, 0.02, 0.016, 0.011, 0.007, 0.004, 0.0026, 0.0013] * 3
+    assert _feed(make(), healthy) == []
+    assert _feed(make(), [1e-7 * 1.3**k for k in range(30)]) == []  # growth of a negligible residual
