@@ -72,7 +72,9 @@ def test_train_writes_outputs_and_learns(tmp_path):
     final = log["final"]
     assert final["test_acc_avg_model"] > 0.3  # chance is 0.1
     assert final["test_acc_mean_rank"] > 0.3 and len(final["test_acc_ranks"]) == 2
-    assert final["mib_sent_per_rank"] > 0 and final["consensus_distance"] > 0  # non-IID ranks differ
+    assert (
+        final["mib_sent_per_rank"] > 0 and final["consensus_distance"] < 1e-12
+    )  # atc on 2 ranks: W = ½·1 averages exactly
     on_disk = json.loads((out / "log.json").read_text())
     assert on_disk["final"]["test_acc_avg_model"] == final["test_acc_avg_model"]
     assert on_disk["config"]["world_size"] == 2 and on_disk["config"]["algorithm"] == "q-saddle"

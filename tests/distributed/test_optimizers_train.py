@@ -3,10 +3,11 @@
 What this guards against: QGM's direction fed to Adam as a gradient (Adam's moments acting on a
 momentum a second time) left q-saddle + AdamW worse than its start. QG-Adam (qgm.py) fixes it.
 
-Measured here (4 ranks, ring, 60 steps, end loss / all-reduce's end loss): with SGD every algorithm
-is within 15%. With Adam and AdamW (lr 0.01): ngm, n-saddle 1.01; qgm, q-saddle (QG-Adam) 1.27;
-dsgd, sam-dsgd (local Adam) 1.49 — local adaptive moments drift on non-IID data. The bounds below
-are those measurements with a margin; reaching 15% for Adam without cross-gradients is open work.
+Measured here (4 ranks, ring, 60 steps, default order atc, end loss / all-reduce's end loss): with
+SGD every algorithm is within 15%. With Adam and AdamW (lr 0.01): ngm, n-saddle 1.01; qgm, q-saddle
+(QG-Adam) 1.35 (1.27 with awc); dsgd, sam-dsgd (local Adam) 1.51 — local adaptive moments drift on
+non-IID data. The bounds below are those measurements with a margin; reaching 15% for Adam without
+cross-gradients is open work.
 """
 
 from __future__ import annotations
@@ -60,4 +61,4 @@ def test_every_algorithm_reaches_allreduce_loss_with_every_optimizer(kind: str) 
         return
     assert ratio["ngm"] <= 1.15 and ratio["n-saddle"] <= 1.15, ratio
     for algo in ("qgm", "q-saddle"):  # QG-Adam: better than local Adam, near all-reduce
-        assert ratio[algo] <= 1.35 and ratio[algo] < ratio["dsgd"], (algo, ratio)
+        assert ratio[algo] <= 1.45 and ratio[algo] < ratio["dsgd"], (algo, ratio)
