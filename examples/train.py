@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="sgd",
         help="the wrapped optimizer (--lr is its lr)",
     )
+    a(
+        "--qg-adam",
+        choices=("scaled", "normalized"),
+        default="scaled",
+        help="qgm/q-saddle with adam/adamw: how QG-Adam feeds its moments (normalized: the QGM paper's)",
+    )
     a("--seed", type=int, default=0, help="model init, partition and shuffling")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
     a(
@@ -181,6 +187,7 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
         beta=args.momentum if qgm else 0.9,
         gamma=gamma,
         compression=compression if compression is not None else st.Compression.none,
+        qg_adam=args.qg_adam,
     )
 
 

@@ -9,6 +9,7 @@ per step). The step itself is a sequence of phases (``step.py``); each algorithm
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ class SaddleConfig:
     cross_sam: bool
     bn_second_pass: bool
     compression: Compression | None = None
+    qg_adam: str = "scaled"
 
 
 @dataclass
@@ -67,6 +69,14 @@ class SaddleRuntime:
     bn_frozen: list[nn.Module] = field(default_factory=list)  # those SAM's second pass must not update
     bn: BatchNormSnapshot | None = None  # taken by first_step(), restored by second_step()
     run: StepRun | None = None  # the step in progress
+    source: Any = None  # weakref to the optimizer that was wrapped (LR schedulers may hold it)
+
+    def mark_stepped(self) -> None:
+        """Tell LR schedulers a step happened (they check ``_opt_called`` on the object they hold)."""
+        self.optimizer._opt_called = True
+        src = self.source() if self.source is not None else None
+        if src is not None:
+            src._opt_called = True
 
     def name(self, key: BufferKey) -> str:
         """Gossip name of one flat buffer, the same on every rank."""
@@ -135,6 +145,7 @@ class _DistributedOptimizer:
         except BaseException as exc:
             seq.abort(rt, exc)
             raise
+        rt.mark_stepped()
         return loss
 
     def first_step(self, zero_grad: bool = False) -> None:
@@ -178,6 +189,7 @@ class _DistributedOptimizer:
         except BaseException as exc:
             seq.abort(rt, exc)
             raise
+        rt.mark_stepped()
         if zero_grad:
             self.zero_grad()
 
@@ -265,7 +277,7 @@ def _phases(rt: SaddleRuntime, optimizer: torch.optim.Optimizer) -> list[Phase]:
         rt.cross = CrossGradients(rt.sam if cfg.cross_sam else None)
         phases.append(rt.cross)
     phases.append(Gossip() if alg.gossip else ExactAverage())
-    phases.append(qgm_direction(rt, optimizer) if alg.qgm else LocalStep())
+    phases.append(qgm_direction(rt, optimizer, rt.config.qg_adam) if alg.qgm else LocalStep())
     return phases
 
 
@@ -285,6 +297,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     cross_sam: bool = True,
     bn_second_pass: bool = False,
     compression: Compression | str | None = None,
+    qg_adam: str = "scaled",
     ctx: GossipContext | None = None,
 ) -> torch.optim.Optimizer:
     """Wrap ``optimizer`` so that every ``step()`` is a decentralized (and, for SADDLe, sharpness-aware) step.
@@ -317,6 +330,10 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         bn_second_pass: let the extra passes update BatchNorm running statistics.
         compression: compress the parameter gossip with CHOCO error feedback (``None``: the default
             given to :func:`saddle_torch.init`), e.g. ``"int8"`` or ``"topk:0.12"``.
+        qg_adam: how QG-Adam (``qgm``/``q-saddle`` wrapping Adam or AdamW) feeds its moments:
+            ``"scaled"`` (default: the displacement after gossip in gradient units, invariant to the
+            loss scale) or ``"normalized"`` (the QGM paper's unit-norm displacement, which depends on
+            the gradient's absolute size; see :mod:`saddle_torch.optim.qgm`).
         ctx: gossip context (default: the one :func:`saddle_torch.init` created).
 
     Returns:
@@ -327,7 +344,9 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
             optimizer with no QGM form under ``qgm``/``q-saddle`` (the message names the
             alternatives); ``MismatchError`` if ranks hold different models.
     """
-    if isinstance(optimizer, _DistributedOptimizer):
+    if isinstance(optimizer, _DistributedOptimizer) or getattr(
+        optimizer.__dict__.get("step"), "_saddle_wrapped", False
+    ):
         raise ValueError("this optimizer is already wrapped by DistributedOptimizer")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
@@ -335,6 +354,8 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         raise ValueError(f"order must be 'atc' or 'awc', got {order!r}")
     if gamma != "auto" and (isinstance(gamma, str) or not 0 < gamma <= 1):
         raise ValueError(f"gamma must be 'auto' or in (0, 1], got {gamma!r}")
+    if qg_adam not in ("scaled", "normalized"):
+        raise ValueError(f"qg_adam must be 'scaled' or 'normalized', got {qg_adam!r}")
     if rho < 0 or not 0 <= beta < 1:
         raise ValueError(f"need rho ≥ 0 and 0 ≤ beta < 1; got rho={rho}, beta={beta}")
     alg = ALGORITHMS[algorithm]
@@ -360,11 +381,16 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         cross_sam,
         bn_second_pass,
         comp,
+        qg_adam,
     )
     base = type(optimizer)
     cls = type(base.__name__, (_DistributedOptimizer, base), {"__module__": base.__module__})
     opt = cls.__new__(cls)
-    opt.__dict__.update(optimizer.__dict__)
+    state = dict(optimizer.__dict__)
+    # An LR scheduler created before wrapping replaces the instance's ``step`` with one bound to the
+    # original object: copied, it would run the plain optimizer and skip every exchange.
+    state.pop("step", None)
+    opt.__dict__.update(state)
     flat = FlatParameters(opt.param_groups)
     rt = SaddleRuntime(cfg, ctx, model, flat, base, optimizer=opt, prefix=ctx.new_prefix("opt"))
     rt.x_prev = {key: torch.zeros_like(x) for key, x in flat.buffers.items()}
@@ -377,5 +403,23 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
             ctx.prime_choco(rt.name(key), x)
     if comp is not None and gamma == "auto":
         ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
+    rt.source = weakref.ref(optimizer)
+    _redirect_step(optimizer, opt)
     opt._saddle = rt
     return opt
+
+
+def _redirect_step(original: torch.optim.Optimizer, wrapped: _DistributedOptimizer) -> None:
+    """Make ``original.step`` run the decentralized step.
+
+    The wrapped optimizer shares ``param_groups`` and ``state`` with ``original``; code that still
+    holds ``original`` (an LR scheduler, a training loop written before wrapping) would otherwise
+    update the model with the plain optimizer, silently without gossip.
+    """
+
+    def step(closure: Closure | None = None) -> Any:
+        return wrapped.step(closure)
+
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]  # schedulers must not re-patch it
+    step._saddle_wrapped = True  # type: ignore[attr-defined]
+    original.step = step  # type: ignore[method-assign]

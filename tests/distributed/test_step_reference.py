@@ -3,8 +3,8 @@
 Four ranks on a ring, each starting from its own model (so gossip is never a no-op). The reference
 holds every rank's parameters as one row of a matrix X and applies ALGORITHMS.md literally: gradients
 by autograd on a copy, SAM, NGM's cross-gradients, the wrapped optimizer (run on a plain copy), QGM's
-direction and buffer, QG-Adam, W·X mixing in both orders, and CHOCO with the codec's own roundtrip
-(the same message seeds as the engine).
+direction and buffer, QG-Adam (both feeds: saddle_torch/optim/qgm.py), W·X mixing in both orders, and
+CHOCO with the codec's own roundtrip (the same message seeds as the engine).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from saddle_torch import _ops
 from saddle_torch.compression import Compression, roundtrip
 
 WORLD, STEPS, LR, RHO, GAMMA, BETA, WD = 4, 2, 0.05, 0.05, 0.75, 0.9, 1e-3
+ADAM_WD = 0.5  # large, so that coupled vs decoupled decay (and where it enters QG-Adam) is visible
 CLASSES, DIM = 4, 8
 
 
@@ -41,8 +42,8 @@ def _inner(kind: str, params, qgm: bool) -> torch.optim.Optimizer:
     if kind == "sgd":
         momentum = 0.0 if qgm else 0.9
         return torch.optim.SGD(params, lr=LR, momentum=momentum, nesterov=not qgm, weight_decay=WD)
-    cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
-    return cls(params, lr=0.01, weight_decay=WD)
+    cls = torch.optim.Adam if kind.startswith("adam:") or kind == "adam" else torch.optim.AdamW
+    return cls(params, lr=0.01, weight_decay=ADAM_WD)
 
 
 CASES = [
@@ -58,7 +59,13 @@ CASES = [
     ("q-saddle", "awc", "none", "adam"),
     ("qgm", "awc", "int8", "adamw"),
     ("dsgd", "atc", "none", "adamw"),
+    ("q-saddle", "atc", "none", "adamw:normalized"),  # QG-Adam with the QGM paper's feed
+    ("qgm", "awc", "none", "adam:normalized"),
 ]
+
+
+def _feed(kind: str) -> str:
+    return "normalized" if kind.endswith(":normalized") else "scaled"
 
 
 def _dtype(comp: str) -> torch.dtype:
@@ -80,6 +87,7 @@ def _run(rank: int, world: int) -> dict:
             rho=RHO,
             beta=BETA,
             compression=comp,
+            qg_adam=_feed(kind),
         )
         (key,) = opt.saddle.flat.buffers
         xs = []
@@ -150,11 +158,13 @@ def _reference(alg: str, order: str, comp: str, kind: str, name: str) -> list[to
             group = local[0].param_groups[0]
             lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
             t = step + 1
-            g = G if kind == "adamw" else G + WD * X
-            base = X * (1 - lr * WD) if kind == "adamw" else X
+            decoupled = kind.startswith("adamw")
+            g = G if decoupled else G + ADAM_WD * X
+            base = X * (1 - lr * ADAM_WD) if decoupled else X
             tm1 = b1 * m1 + g
             tm2 = b2 * m2 + (1 - b2) * g * g
-            half = base - lr / (1 - b1**t) * tm1 / ((tm2 / (1 - b2**t)).sqrt() + eps)
+            denom = (tm2 / (1 - b2**t)).sqrt() + eps
+            half = base - lr / (1 - b1**t) * tm1 / denom
         else:
             for i, (m, o) in enumerate(zip(models, local, strict=True)):
                 with torch.no_grad():
@@ -178,10 +188,13 @@ def _reference(alg: str, order: str, comp: str, kind: str, name: str) -> list[to
             new = half + GAMMA * (s - x_hat)
         if qgm and kind == "sgd":
             m_hat = BETA * m_hat + (1 - BETA) * (X - new) / LR
-        elif qgm:
+        elif qgm and _feed(kind) == "normalized":
             disp = X - new
             disp = disp / (disp.norm(dim=1, keepdim=True) + 1e-8)  # one global norm per rank
             m1, m2 = b1 * m1 + (1 - b1) * disp, b2 * m2 + (1 - b2) * disp * disp
+        elif qgm:  # displacement in gradient units (decoupled decay left out); m2 stays local
+            v = (base - new) * denom * (1 - b1**t) / lr
+            m1, m2 = b1 * m1 + (1 - b1) * v, tm2
         X = new
         hist.append(X.clone())
     return hist
