@@ -72,6 +72,7 @@ GossipEngine::~GossipEngine() {
   }
   queue_cv_.notify_all();
   if (worker_.joinable()) worker_.join();
+  drain_retired();
   std::lock_guard<std::mutex> lock(mu_);
   if (!broken_reason_.empty()) {
     // A failed Gloo transport may still write into these buffers: never free them.
@@ -232,7 +233,17 @@ std::shared_ptr<Round> GossipEngine::exchange(const std::vector<std::pair<int, a
   return round;
 }
 
+void GossipEngine::drain_retired() {
+  std::vector<std::shared_ptr<Round>> dead;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    dead.swap(retired_);
+  }
+  // `dead` is destroyed here, on the caller's thread.
+}
+
 std::shared_ptr<topology::Topology> GossipEngine::open_round(Round& round) {
+  drain_retired();
   std::lock_guard<std::mutex> lock(mu_);
   if (!broken_reason_.empty()) raise_broken();
   // Every rank opens its rounds in the same order, so the k-th round has the same tag everywhere.
@@ -270,6 +281,13 @@ void GossipEngine::worker_loop() {
       queue_.pop_front();
     }
     wait_round(*round);
+    // Never drop a round here: if the caller already let go of it, this would be the last reference,
+    // and destroying a round releases tensors whose Python objects need the GIL. While the
+    // interpreter finalizes, a thread that asks for the GIL is terminated by pthread_exit, which
+    // unwinds through a noexcept destructor: std::terminate ("terminate called without an active
+    // exception", observed after destroy_process_group). Callers free retired rounds (open_round).
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    retired_.push_back(std::move(round));
   }
 }
 

@@ -129,6 +129,8 @@ class GossipEngine {
   at::Tensor acquire(int64_t numel, at::ScalarType dtype);
   void finish_compressed(Round& round);
   void release(std::vector<at::Tensor>& buffers);
+  // Frees the rounds the worker has finished with, on the calling thread (never on the worker).
+  void drain_retired();
   [[noreturn]] void raise_broken() const;
 
   c10::intrusive_ptr<c10d::Backend> backend_;
@@ -148,6 +150,7 @@ class GossipEngine {
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;
   std::deque<std::shared_ptr<Round>> queue_;
+  std::vector<std::shared_ptr<Round>> retired_;  // waited by the worker; freed by drain_retired()
   bool stop_ = false;
   std::thread worker_;
 };
