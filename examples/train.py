@@ -97,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--qg-adam",
-        choices=("scaled", "normalized"),
-        default="scaled",
-        help="qgm/q-saddle with adam/adamw: how QG-Adam feeds its moments (normalized: the QGM paper's)",
+        choices=("normalized", "scaled"),
+        default="normalized",
+        help="qgm/q-saddle with adam/adamw: QG-Adam's moment feed (normalized: the QGM paper's; "
+        "scaled: invariant to the loss scale)",
     )
     a("--seed", type=int, default=0, help="model init, partition and shuffling")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")

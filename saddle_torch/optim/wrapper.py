@@ -46,7 +46,7 @@ class SaddleConfig:
     cross_sam: bool
     bn_second_pass: bool
     compression: Compression | None = None
-    qg_adam: str = "scaled"
+    qg_adam: str = "normalized"
 
 
 @dataclass
@@ -297,7 +297,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     cross_sam: bool = True,
     bn_second_pass: bool = False,
     compression: Compression | str | None = None,
-    qg_adam: str = "scaled",
+    qg_adam: str = "normalized",
     ctx: GossipContext | None = None,
 ) -> torch.optim.Optimizer:
     """Wrap ``optimizer`` so that every ``step()`` is a decentralized (and, for SADDLe, sharpness-aware) step.
@@ -331,9 +331,10 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         compression: compress the parameter gossip with CHOCO error feedback (``None``: the default
             given to :func:`saddle_torch.init`), e.g. ``"int8"`` or ``"topk:0.12"``.
         qg_adam: how QG-Adam (``qgm``/``q-saddle`` wrapping Adam or AdamW) feeds its moments:
-            ``"scaled"`` (default: the displacement after gossip in gradient units, invariant to the
-            loss scale) or ``"normalized"`` (the QGM paper's unit-norm displacement, which depends on
-            the gradient's absolute size; see :mod:`saddle_torch.optim.qgm`).
+            ``"normalized"`` (default, the QGM paper's unit-norm displacement; most accurate in
+            docs/RESULTS.md, but it depends on the loss scale and can drift where ‖g‖ < 1 at a
+            constant lr) or ``"scaled"`` (the displacement's direction at the gradient's size:
+            invariant to the loss scale). See :mod:`saddle_torch.optim.qgm`.
         ctx: gossip context (default: the one :func:`saddle_torch.init` created).
 
     Returns:
@@ -354,8 +355,8 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         raise ValueError(f"order must be 'atc' or 'awc', got {order!r}")
     if gamma != "auto" and (isinstance(gamma, str) or not 0 < gamma <= 1):
         raise ValueError(f"gamma must be 'auto' or in (0, 1], got {gamma!r}")
-    if qg_adam not in ("scaled", "normalized"):
-        raise ValueError(f"qg_adam must be 'scaled' or 'normalized', got {qg_adam!r}")
+    if qg_adam not in ("normalized", "scaled"):
+        raise ValueError(f"qg_adam must be 'normalized' or 'scaled', got {qg_adam!r}")
     if rho < 0 or not 0 <= beta < 1:
         raise ValueError(f"need rho ≥ 0 and 0 ≤ beta < 1; got rho={rho}, beta={beta}")
     alg = ALGORITHMS[algorithm]

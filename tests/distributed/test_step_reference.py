@@ -59,13 +59,13 @@ CASES = [
     ("q-saddle", "awc", "none", "adam"),
     ("qgm", "awc", "int8", "adamw"),
     ("dsgd", "atc", "none", "adamw"),
-    ("q-saddle", "atc", "none", "adamw:normalized"),  # QG-Adam with the QGM paper's feed
-    ("qgm", "awc", "none", "adam:normalized"),
+    ("q-saddle", "atc", "none", "adamw:scaled"),  # QG-Adam's loss-scale-invariant feed
+    ("qgm", "awc", "none", "adam:scaled"),
 ]
 
 
 def _feed(kind: str) -> str:
-    return "normalized" if kind.endswith(":normalized") else "scaled"
+    return "scaled" if kind.endswith(":scaled") else "normalized"
 
 
 def _dtype(comp: str) -> torch.dtype:
@@ -163,8 +163,7 @@ def _reference(alg: str, order: str, comp: str, kind: str, name: str) -> list[to
             base = X * (1 - lr * ADAM_WD) if decoupled else X
             tm1 = b1 * m1 + g
             tm2 = b2 * m2 + (1 - b2) * g * g
-            denom = (tm2 / (1 - b2**t)).sqrt() + eps
-            half = base - lr / (1 - b1**t) * tm1 / denom
+            half = base - lr / (1 - b1**t) * tm1 / ((tm2 / (1 - b2**t)).sqrt() + eps)
         else:
             for i, (m, o) in enumerate(zip(models, local, strict=True)):
                 with torch.no_grad():
@@ -188,13 +187,12 @@ def _reference(alg: str, order: str, comp: str, kind: str, name: str) -> list[to
             new = half + GAMMA * (s - x_hat)
         if qgm and kind == "sgd":
             m_hat = BETA * m_hat + (1 - BETA) * (X - new) / LR
-        elif qgm and _feed(kind) == "normalized":
+        elif qgm:
             disp = X - new
             disp = disp / (disp.norm(dim=1, keepdim=True) + 1e-8)  # one global norm per rank
+            if _feed(kind) == "scaled":  # at the size of the raw gradient
+                disp = disp * G.norm(dim=1, keepdim=True)
             m1, m2 = b1 * m1 + (1 - b1) * disp, b2 * m2 + (1 - b2) * disp * disp
-        elif qgm:  # displacement in gradient units (decoupled decay left out); m2 stays local
-            v = (base - new) * denom * (1 - b1**t) / lr
-            m1, m2 = b1 * m1 + (1 - b1) * v, tm2
         X = new
         hist.append(X.clone())
     return hist

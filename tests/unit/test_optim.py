@@ -238,7 +238,7 @@ def test_errors_say_how_to_call() -> None:
         st.DistributedOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1, momentum=0.9), algorithm="qgm")
     with pytest.raises(ValueError, match="order must be"):
         st.DistributedOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1), order="both")
-    with pytest.raises(ValueError, match="qg_adam must be 'scaled' or 'normalized', got 'paper'"):
+    with pytest.raises(ValueError, match="qg_adam must be 'normalized' or 'scaled', got 'paper'"):
         st.DistributedOptimizer(torch.optim.Adam(_model().parameters()), qg_adam="paper")
     n = _model()
     on = st.DistributedOptimizer(torch.optim.SGD(n.parameters(), lr=0.1), n, algorithm="n-saddle")
