@@ -1,82 +1,176 @@
 """The torch.distributed backend ``"saddle"``, registered by ``import saddle_torch``.
 
     import saddle_torch
-    saddle_torch.backend.configure(topology="ring")          # before init_process_group
-    torch.distributed.init_process_group("saddle")
+    saddle_torch.configure(topology="ring")          # optional, before init_process_group
+    torch.distributed.init_process_group("saddle")    # the one line (was "gloo")
 
-``all_reduce(t, op=ReduceOp.AVG)`` on contiguous floating-point CPU tensors is one gossip round:
-t_i ← Σ_j w_ij t_j over the current topology. Every other call — SUM/MIN/MAX, integer tensors,
-broadcast, all_gather, reduce_scatter, barrier, send/recv — goes unchanged to an inner Gloo group,
-so DDP's own bookkeeping stays exact. DDP reduces gradients with SUM (of gradients divided by n):
-``configure(gossip_sum=True)`` makes float SUMs gossip too (returning n × the neighbourhood average),
-which turns an unmodified DDP loop into gradient gossip — and changes what SUM means on this group.
-``configure(compression=...)`` compresses the gossip rounds (float32) with CHOCO error feedback,
-kept per tensor buffer — right for DDP's persistent gradient buckets; a static topology is required.
+Every collective of a ``saddle`` group is exact: it is Gloo, plus ``ReduceOp.AVG`` (which Gloo lacks:
+a SUM, then a division; integers get the floor of the mean), so metrics, logging and the bookkeeping
+of Lightning, torchmetrics or Hugging Face run unchanged. What becomes decentralized is
+``DistributedDataParallel``: a DDP model whose process group is a ``saddle`` group gets
+:func:`saddle_torch.hooks.gossip_hook` registered when it is built, so its gradient buckets are not
+all-reduced; each bucket's parameters and gradients are averaged with the graph neighbours instead
+(``configure(mix=...)``). ``configure(ddp_hook=False)`` keeps DDP exact (then register a hook
+yourself). See docs/port_ddp.md.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from saddle_torch import _ops
 from saddle_torch import topology as _topology
 from saddle_torch.compression import Compression
 from saddle_torch.compression import resolve as resolve_compression
+from saddle_torch.hooks import MIXES, GossipHookState, gossip_hook
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackendConfig:
-    """What the next ``init_process_group("saddle")`` in this process builds."""
+    """What the DDP models of the next ``saddle`` group gossip (see :func:`configure`)."""
 
     topology: Any = "ring"
     weights: str = "uniform"
-    gossip_sum: bool = False
-    gamma: float = 1.0
+    gamma: float | str = "auto"
     compression: Compression | None = None
+    mix: str = "params+grads"
+    warmup_steps: int = 0
+    ddp_hook: bool = True
 
 
-_config = BackendConfig()
+class _Registry:
+    """The configuration given to :func:`configure`, and one gossip context per ``saddle`` group.
+
+    torch.distributed calls the backend's constructor with (store, rank, size, timeout) only, so the
+    options travel through this object (as they do through torch's own backend registry).
+    """
+
+    def __init__(self) -> None:
+        self.config = BackendConfig()
+        self.timeouts: dict[int, timedelta] = {}  # id(backend) → the group's timeout
+        self.contexts: dict[int, Any] = {}  # id(group) → GossipContext of the DDP hooks
+
+    def context(self, group: dist.ProcessGroup) -> Any:
+        """The gossip context of ``group`` (collective the first time: built by every rank)."""
+        from saddle_torch import context
+
+        key = id(group)
+        if key in self.contexts:
+            return self.contexts[key]
+        if context._current is not None and context._current.group is group:
+            ctx = context._current  # st.init() on this group: one engine, one tag sequence
+        else:
+            size = dist.get_world_size(group)
+            topo = _topology.resolve(self.config.topology, size, self.config.weights)
+            backend = group._get_backend(torch.device("cpu"))
+            timeout = self.timeouts.get(id(backend), timedelta(seconds=300))
+            ctx = context.GossipContext(group, topo, timeout, self.config.compression)
+        self.contexts[key] = ctx
+        return ctx
+
+
+_registry = _Registry()
 
 
 def configure(
     topology: Any = "ring",
+    *,
     weights: str = "uniform",
-    gossip_sum: bool = False,
-    gamma: float = 1.0,
+    gamma: float | str = "auto",
     compression: Compression | str | None = None,
+    mix: str = "params+grads",
+    warmup_steps: int = 0,
+    ddp_hook: bool = True,
+    gossip_sum: Any = None,
 ) -> None:
-    """Choose the topology (a name, a Topology, a graph), compression and options of the ``saddle`` backend.
+    """Options of the ``saddle`` backend; call it on every rank before ``init_process_group("saddle")``.
 
-    Call it on every rank before ``init_process_group("saddle")``. ``compression`` (e.g. ``"int8"``)
-    compresses the gossip rounds with CHOCO error feedback; pair it with ``gamma`` < 1
-    (:func:`saddle_torch.compression.tune_gamma`).
+    Args:
+        topology: the gossip graph of DDP models on the group (a name, a Topology, a graph).
+        weights: ``"uniform"`` or ``"metropolis"``.
+        gamma: gossip step, or ``"auto"`` (see :class:`saddle_torch.hooks.GossipHookState`).
+        compression: codec of the DDP gossip rounds (CHOCO error feedback), e.g. ``"int8"``.
+        mix: what DDP gossips per bucket: ``"params+grads"`` (default), ``"params"``, ``"grads"``.
+        warmup_steps: DDP iterations all-reduced exactly before gossip starts.
+        ddp_hook: register the gossip hook on DDP models of the group (``False``: DDP stays exact).
+        gossip_sum: removed; passing it raises.
 
     Raises:
-        ValueError: ``gamma`` outside (0, 1].
+        RuntimeError: a ``saddle`` process group already exists (its options are fixed: destroy it first).
+        ValueError: invalid options, or ``gossip_sum`` (removed: DDP's gradient buckets are gossiped by
+            the hook; every collective is exact).
     """
-    global _config
-    if not 0 < gamma <= 1:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    _config = BackendConfig(topology, weights, gossip_sum, gamma, resolve_compression(compression))
+    if gossip_sum is not None:
+        raise ValueError(
+            "configure(gossip_sum=...) was removed: every collective of a saddle group is now exact, and "
+            "DistributedDataParallel models on it gossip through the hook the backend registers"
+        )
+    if dist.is_initialized() and dist.get_backend() == "saddle":
+        raise RuntimeError(
+            "saddle_torch.configure() must come before init_process_group('saddle'): this process "
+            "already has a saddle group whose options are fixed (destroy_process_group() first)"
+        )
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {', '.join(MIXES)}; got {mix!r}")
+    if gamma != "auto" and (isinstance(gamma, str) or not 0 < gamma <= 1):
+        raise ValueError(f"gamma must be 'auto' or in (0, 1], got {gamma!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be ≥ 0, got {warmup_steps}")
+    _registry.config = BackendConfig(
+        topology, weights, gamma, resolve_compression(compression), mix, warmup_steps, ddp_hook
+    )
+    _registry.contexts.clear()
 
 
 def _create(store: dist.Store, rank: int, size: int, timeout: timedelta) -> Any:
     inner = dist.ProcessGroupGloo(store, rank, size, timeout)
-    topo = _topology.resolve(_config.topology, size, _config.weights)
-    comp = _config.compression
-    return _ops.SaddleBackend(
-        inner,
-        topo._native,
-        timeout.total_seconds(),
-        _config.gossip_sum,
-        _config.gamma,
-        comp.native if comp is not None else None,
-        comp.error_feedback if comp is not None else True,
-    )
+    _topology.resolve(_registry.config.topology, size, _registry.config.weights)  # fail early
+    backend = _ops.SaddleBackend(inner)
+    _registry.timeouts[id(backend)] = timeout
+    _install_ddp_hook()
+    return backend
+
+
+def is_saddle_group(group: dist.ProcessGroup | None) -> bool:
+    """Whether ``group`` (``None``: the default group) runs on the ``saddle`` backend."""
+    group = group or (dist.group.WORLD if dist.is_initialized() else None)
+    if group is None:
+        return False
+    try:
+        return isinstance(group._get_backend(torch.device("cpu")), _ops.SaddleBackend)
+    except (RuntimeError, ValueError):
+        return False
+
+
+def _install_ddp_hook() -> None:
+    """Make DDP models of a ``saddle`` group register the gossip hook when they are built (once)."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if getattr(ddp.__init__, "_saddle_torch", False):
+        return
+    original = ddp.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        cfg = _registry.config
+        if cfg.ddp_hook and is_saddle_group(self.process_group):
+            state = GossipHookState(
+                warmup_steps=cfg.warmup_steps,
+                gamma=cfg.gamma,
+                mix=cfg.mix,
+                compression=cfg.compression,
+                context=_registry.context(self.process_group),
+            )
+            self.register_comm_hook(state, gossip_hook)
+
+    __init__._saddle_torch = True  # type: ignore[attr-defined]
+    ddp.__init__ = __init__
 
 
 def register() -> None:
@@ -86,13 +180,18 @@ def register() -> None:
 
 
 def gossip_stats(group: dist.ProcessGroup | None = None) -> dict[str, float]:
-    """Gossip counters of a ``saddle`` group's backend: bytes sent/received, rounds, wait time."""
-    import torch
+    """Gossip counters of the DDP models on a ``saddle`` group (bytes, rounds, wait and transfer time).
 
-    backend = (group or dist.group.WORLD)._get_backend(torch.device("cpu"))
-    if not isinstance(backend, _ops.SaddleBackend):
+    Raises:
+        ValueError: ``group`` is not a ``saddle`` group, or no DDP model on it has gossiped yet.
+    """
+    group = group or dist.group.WORLD
+    if not is_saddle_group(group):
         raise ValueError("this process group does not use the saddle backend")
-    return dict(backend.gossip_stats())
+    ctx = _registry.contexts.get(id(group))
+    if ctx is None:
+        raise ValueError("no DistributedDataParallel model on this saddle group has been built yet")
+    return ctx.stats()
 
 
-__all__ = ["BackendConfig", "configure", "gossip_stats", "register"]
+__all__ = ["BackendConfig", "configure", "gossip_stats", "is_saddle_group", "register"]

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from saddle_torch import _ops
 from saddle_torch.compression import Compression, ResidualMonitor
 from saddle_torch.compression import resolve as resolve_compression
-from saddle_torch.errors import MismatchError
+from saddle_torch.errors import MismatchError, peer_failures
 from saddle_torch.topology import Topology
 
 _SIGNATURE_LEN = 10  # crc(name), numel, dtype code, ndim, up to 6 dims
@@ -149,14 +149,16 @@ class GossipContext:
             from saddle_torch.compression import tune_gamma
 
             mine = torch.tensor([tune_gamma(self.topology, compression) if self.rank == 0 else 0.0])
-            dist.broadcast(mine, 0, group=self.group)
+            with peer_failures("broadcasting the tuned gamma", self.rank):
+                dist.broadcast(mine, 0, group=self.group)
             value = self._gammas[key] = float(mine)
         return value
 
     def _check_topology_agreement(self, topology: Topology) -> None:
         mine = torch.tensor([self.topology_digest(topology), topology.period], dtype=torch.int64)
         every = [torch.empty_like(mine) for _ in range(self.size)]
-        dist.all_gather(every, mine, group=self.group)
+        with peer_failures("checking that every rank has the same topology", self.rank):
+            dist.all_gather(every, mine, group=self.group)
         differ = [r for r, t in enumerate(every) if not torch.equal(t, every[0])]
         if differ:
             raise ValueError(
@@ -184,7 +186,8 @@ class GossipContext:
             return
         mine = torch.tensor(sig, dtype=torch.int64)
         every = [torch.empty_like(mine) for _ in range(self.size)]
-        dist.all_gather(every, mine, group=self.group)
+        with peer_failures(f"checking the shape of gossip name {name!r} on every rank", self.rank):
+            dist.all_gather(every, mine, group=self.group)
         groups: dict[tuple[int, ...], list[int]] = {}
         for r, t in enumerate(every):
             groups.setdefault(tuple(t.tolist()), []).append(r)
@@ -272,7 +275,8 @@ class GossipContext:
         data = tensor.detach().to("cpu").contiguous().view(-1)
         mine = torch.tensor([zlib.crc32(data.numpy()), data.numel()], dtype=torch.int64)
         every = [torch.empty_like(mine) for _ in range(self.size)]
-        dist.all_gather(every, mine, group=self.group)
+        with peer_failures(f"checking that every rank starts {name!r} from the same tensor", self.rank):
+            dist.all_gather(every, mine, group=self.group)
         if not all(torch.equal(t, mine) for t in every):
             return False
         self.choco.set(name, data, data)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from saddle_torch._ops import CorruptMessageError, PeerError
 
 PeerError.__doc__ = (
@@ -20,4 +23,23 @@ class MismatchError(ValueError):
     """Ranks registered different tensors (shape or dtype) under the same gossip name."""
 
 
-__all__ = ["PeerError", "MismatchError", "CorruptMessageError"]
+@contextmanager
+def peer_failures(what: str, rank: int) -> Iterator[None]:
+    """Turn a transport failure of a torch.distributed collective into :class:`PeerError`.
+
+    The handshakes (shape checks, γ broadcast, topology agreement) are Gloo collectives; a rank that
+    died or stalled makes them raise Gloo's own ``RuntimeError``, which must reach the user as the
+    ``PeerError`` the gossip rounds raise.
+    """
+    try:
+        yield
+    except (PeerError, CorruptMessageError):
+        raise
+    except RuntimeError as exc:
+        raise PeerError(
+            f"saddle_torch: rank {rank}: {what} failed: a rank died, stalled past the timeout or closed its "
+            f"connection. Transport said: {exc}"
+        ) from exc
+
+
+__all__ = ["PeerError", "MismatchError", "CorruptMessageError", "peer_failures"]

@@ -164,31 +164,10 @@ void bind_choco(py::module_& m) {
 void bind_backend(py::module_& m) {
   // The base class c10d::Backend is registered by torch.distributed (imported before this module).
   py::class_<st::SaddleBackend, c10d::Backend, c10::intrusive_ptr<st::SaddleBackend>>(m, "SaddleBackend")
-      .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& inner, TopologyPtr topology, double timeout_seconds,
-                       bool gossip_sum, double gamma, st::CodecPtr codec, bool error_feedback) {
-             st::EngineOptions engine;
-             engine.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000.0));
-             return c10::make_intrusive<st::SaddleBackend>(
-                 inner, std::move(topology), engine,
-                 st::SaddleBackendOptions{gossip_sum, gamma, std::move(codec), error_feedback});
+      .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& inner) {
+             return c10::make_intrusive<st::SaddleBackend>(inner);
            }),
-           py::arg("inner"), py::arg("topology"), py::arg("timeout_seconds"), py::arg("gossip_sum"), py::arg("gamma"),
-           py::arg("codec") = nullptr, py::arg("error_feedback") = true)
-      .def(
-          "choco_names", [](st::SaddleBackend& b) { return b.choco().names(); },
-          "Names of the buffers that hold CHOCO state")
-      .def(
-          "choco_state", [](st::SaddleBackend& b, const std::string& name) { return b.choco().get(name); },
-          py::arg("name"))
-      .def("gossip_stats", [](st::SaddleBackend& b) {
-        const st::EngineStats s = b.engine().stats();
-        py::dict d;
-        d["bytes_sent"] = s.bytes_sent;
-        d["bytes_received"] = s.bytes_received;
-        d["rounds"] = s.rounds;
-        d["wait_seconds"] = s.wait_seconds;
-        return d;
-      });
+           py::arg("inner"));
 }
 
 }  // namespace

@@ -232,34 +232,3 @@ def test_diverging_compressed_gossip_warns_once_and_auto_gamma_converges() -> No
         assert r["rel_error"] > 0.1
     for rank, r in run_ranks(_diverge, 4, "auto").items():
         assert r["warnings"] == [] and r["rel_error"] < 1e-4, (rank, r)
-
-
-def _backend_buffers(rank: int, world: int) -> dict:
-    import gc
-
-    import torch.distributed as dist
-
-    st.backend.configure(topology="ring", compression="int8")
-    dist.init_process_group("saddle", timeout=timedelta(seconds=60))
-    backend = dist.group.WORLD._get_backend(torch.device("cpu"))
-    a, b = torch.randn(512), torch.randn(512)
-    for _ in range(2):
-        dist.all_reduce(a, op=dist.ReduceOp.AVG)
-        dist.all_reduce(b, op=dist.ReduceOp.AVG)
-    names = sorted(backend.choco_names())
-    x_hat_a, x_hat_b = (backend.choco_state(n)[0].clone() for n in names)
-    del a
-    gc.collect()
-    c = torch.randn(512)  # may reuse a's memory: still a new buffer
-    dist.all_reduce(c, op=dist.ReduceOp.AVG)
-    dist.all_reduce(b, op=dist.ReduceOp.AVG)
-    after = sorted(backend.choco_names())
-    dist.destroy_process_group()
-    return {"names": names, "after": after, "differ": not torch.equal(x_hat_a, x_hat_b)}
-
-
-def test_backend_names_each_buffer_and_drops_the_state_of_freed_ones() -> None:
-    for rank, r in run_ranks(_backend_buffers, 2).items():
-        assert r["names"] == ["backend/buffer0/512", "backend/buffer1/512"], r
-        assert r["after"] == ["backend/buffer1/512", "backend/buffer2/512"], r
-        assert r["differ"], rank

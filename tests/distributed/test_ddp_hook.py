@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 from harness import run_ranks
@@ -21,26 +22,37 @@ def _local_grads(model: nn.Module, x, y) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(m.parameters()))])
 
 
-def _hook_equals_wg(rank: int, world: int) -> dict:
+def _hook_equals_dense_reference(rank: int, world: int, mix: str) -> dict:
     st.init(topology="ring", timeout=timedelta(seconds=60))
     ddp = nn.parallel.DistributedDataParallel(_model())
-    state = st.hooks.GossipHookState(warmup_steps=1)
+    state = st.hooks.GossipHookState(warmup_steps=1, mix=mix)
     ddp.register_comm_hook(state, st.hooks.gossip_hook)
+    w = st.topology.ring(world).weights(rank)
     out = {}
-    for step in range(3):
+    for step in range(4):
         x, y = _data(rank, 16, step)
+        x_before = torch.cat([p.detach().reshape(-1) for p in ddp.module.parameters()])
         g_local = _local_grads(ddp.module, x, y)
-        every = [torch.empty_like(g_local) for _ in range(world)]
-        dist.all_gather(every, g_local)
+        every_x = [torch.empty_like(x_before) for _ in range(world)]
+        every_g = [torch.empty_like(g_local) for _ in range(world)]
+        dist.all_gather(every_x, x_before)
+        dist.all_gather(every_g, g_local)
         ddp.zero_grad()
         nn.functional.cross_entropy(ddp(x), y).backward()
-        got = torch.cat([p.grad.reshape(-1) for p in ddp.module.parameters()])
-        if step == 0:  # warm-up: exact average
-            ref = torch.stack(every).mean(0)
+        got_g = torch.cat([p.grad.reshape(-1) for p in ddp.module.parameters()])
+        got_x = torch.cat([p.detach().reshape(-1) for p in ddp.module.parameters()])
+        if step == 0:  # warm-up: exact average of the gradients, parameters untouched
+            ref_g, ref_x = torch.stack(every_g).mean(0), x_before
         else:
-            w = st.topology.ring(world).weights(rank)
-            ref = sum(w[j] * every[j] for j in w)
-        out[step] = float((got - ref).norm() / ref.norm())
+            mixed_g = sum(w[j] * every_g[j] for j in w)
+            mixed_x = sum(w[j] * every_x[j] for j in w)
+            ref_g = {"params": g_local, "params+grads": mixed_g}.get(mix, 0.5 * (g_local + mixed_g))
+            ref_x = x_before if mix == "grads" else mixed_x
+        out[step] = {
+            "grads": float((got_g - ref_g).norm() / ref_g.norm()),
+            "params": float((got_x - ref_x).norm() / ref_x.norm()),
+            "models_differ": float(torch.stack(every_x).std(0).max()),
+        }
         with torch.no_grad():
             for p in ddp.module.parameters():
                 p -= 0.1 * p.grad
@@ -48,11 +60,17 @@ def _hook_equals_wg(rank: int, world: int) -> dict:
     return out
 
 
-def test_gossip_hook_gradients_are_neighbour_averages() -> None:
-    for rank, r in run_ranks(_hook_equals_wg, 4).items():
-        for step in range(3):
-            assert r[step] < 1e-10, (rank, step, r)
-        assert r["pickled"] == 3
+@pytest.mark.parametrize("mix", ["params+grads", "params", "grads"])
+def test_gossip_hook_mixes_parameters_and_gradients_like_the_dense_reference(mix: str) -> None:
+    """Each bucket's parameters become Σ_j w_ij x_j and its gradients Σ_j w_ij g_j (per ``mix``).
+
+    ``mix="grads"`` alone gets γ = 0.5 by default: g + ½(Σ_j w_ij g_j − g).
+    """
+    for rank, r in run_ranks(_hook_equals_dense_reference, 4, mix).items():
+        for step in range(4):
+            assert r[step]["grads"] < 1e-10 and r[step]["params"] < 1e-10, (mix, rank, step, r[step])
+        assert r[3]["models_differ"] > 1e-4  # the ranks' models differ: parameter mixing is not a no-op
+        assert r["pickled"] == 4
 
 
 def _train(rank: int, world: int, compression: str) -> dict:

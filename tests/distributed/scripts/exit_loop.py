@@ -63,7 +63,7 @@ def main(mode: str) -> None:
         ddp.register_comm_hook(st.hooks.GossipHookState(), st.hooks.gossip_hook)
         ddp_loop(ddp)
     elif mode == "backend":
-        st.configure(topology="ring", gossip_sum=True)
+        st.configure(topology="ring")
         dist.init_process_group("saddle")
         torch.manual_seed(0)
         ddp_loop(nn.parallel.DistributedDataParallel(nn.Linear(8, 2)))
