@@ -9,8 +9,11 @@ Launch with ``torchrun``, call :func:`init`, and average with graph neighbours i
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import socket
+import zlib
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -19,12 +22,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from saddle_torch import backend, compression, hooks, topology
+from saddle_torch import backend, compression, errors, hooks, topology
+from saddle_torch import compression as compression_module
 from saddle_torch import topology as _topology
 from saddle_torch.checkpoint import load_checkpoint, save_checkpoint
 from saddle_torch.compression import Compression
 from saddle_torch.context import GossipContext, GossipHandle, current, set_current
-from saddle_torch.errors import CorruptMessageError, MismatchError, PeerError
+from saddle_torch.errors import CorruptMessageError, DifferentStartWarning, MismatchError, PeerError
 from saddle_torch.flat import FlatParameters
 from saddle_torch.optim import ALGORITHMS, DistributedOptimizer
 
@@ -64,11 +68,17 @@ def init(
             ``Compression.int8`` or ``Compression.topk(0.1)``; CHOCO error feedback is applied.
 
     Returns:
-        The :class:`GossipContext` now installed as the default.
+        The :class:`GossipContext` now installed as the default (a second call with the same
+        configuration returns the running one).
 
     Raises:
         ValueError: an invalid topology, or one whose size differs from the world.
+        RuntimeError: ``init()`` was already called with another configuration (``shutdown()`` first).
     """
+    from saddle_torch import context
+
+    if context._current is not None:
+        return _same_init(context._current, topology, timeout, weights, process_group, compression)
     if process_group is None:
         if not dist.is_initialized():
             if "RANK" not in os.environ:
@@ -89,9 +99,64 @@ def init(
     return ctx
 
 
+def _same_init(
+    ctx: GossipContext,
+    topology: Any,
+    timeout: timedelta,
+    weights: str,
+    process_group: dist.ProcessGroup | None,
+    compression: Compression | str | None,
+) -> GossipContext:
+    """A second :func:`init`: the running context if nothing differs, else a clear error."""
+    topo = _topology.resolve(topology, ctx.size, weights)
+    comp = compression_module.resolve(compression)
+    differ = []
+    if ctx.topology_digest(topo) != ctx._digest:
+        differ.append(f"topology {topo.name} (running: {ctx.topology.name})")
+    if repr(comp) != repr(ctx.compression):
+        differ.append(f"compression {comp} (running: {ctx.compression})")
+    if timeout != ctx.timeout:
+        differ.append(f"timeout {timeout} (running: {ctx.timeout})")
+    if process_group is not None and process_group is not ctx.group:
+        differ.append("another process group")
+    if differ:
+        raise RuntimeError(
+            "saddle_torch.init() was already called; this call asks for "
+            + ", ".join(differ)
+            + ". Call saddle_torch.shutdown() first, or saddle_torch.set_topology() to change the graph"
+        )
+    return ctx
+
+
 def shutdown() -> None:
-    """Drop the default context (the process group stays; destroy it with torch.distributed)."""
+    """Close the default context and the contexts of ``saddle`` groups (idempotent).
+
+    Stops the gossip engine's thread and releases the process group; the group itself stays until
+    ``torch.distributed.destroy_process_group()``. Runs by itself at interpreter exit, so a script that
+    only calls ``destroy_process_group()`` exits cleanly too.
+    """
+    from saddle_torch import context
+
+    ctx = context._current
     set_current(None)
+    if ctx is not None:
+        ctx.close()
+    backend.close_contexts()
+
+
+def _at_exit() -> None:
+    """:func:`shutdown`, then free unreachable objects while threads may still take the GIL.
+
+    A DistributedDataParallel model left in a reference cycle keeps its process group (and its Gloo
+    worker threads) alive until the interpreter's final collection; a Gloo thread that frees a tensor
+    then asks for the GIL and is ended by pthread_exit, which aborts the process. Collecting here, before
+    finalization, destroys such groups while their threads can still finish.
+    """
+    shutdown()
+    gc.collect()
+
+
+atexit.register(_at_exit)
 
 
 def is_initialized() -> bool:
@@ -211,16 +276,45 @@ def broadcast_parameters(
     ctx = current()
     if not 0 <= root_rank < ctx.size:
         raise ValueError(f"root_rank {root_rank} out of range [0, {ctx.size})")
+    tensors = [t for t in _tensors(state) if isinstance(t, torch.Tensor)]
+    _check_same_layout(ctx, tensors, root_rank)
     with torch.no_grad():
-        for t in _tensors(state):
-            if not isinstance(t, torch.Tensor):
-                continue
+        for t in tensors:
             if t.device.type == "cpu":
                 dist.broadcast(t, src=root_rank, group=ctx.group)
             else:
                 staged = t.detach().cpu()
                 dist.broadcast(staged, src=root_rank, group=ctx.group)
                 t.copy_(staged)
+
+
+def _check_same_layout(ctx: GossipContext, tensors: list[torch.Tensor], root_rank: int) -> None:
+    """Raise :class:`MismatchError` on every rank when the ranks' tensors differ in shape or dtype.
+
+    A broadcast into tensors of different sizes aborts inside Gloo; one small all-gather first turns
+    that into an error that names the ranks and the first tensor that differs.
+    """
+    layout = [(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in tensors]
+    mine = torch.tensor([len(layout), zlib.crc32(repr(layout).encode())], dtype=torch.int64)
+    every = [torch.empty_like(mine) for _ in range(ctx.size)]
+    with errors.peer_failures("checking the tensors of broadcast_parameters", ctx.rank):
+        dist.all_gather(every, mine, group=ctx.group)
+    if all(torch.equal(t, every[root_rank]) for t in every):
+        return
+    layouts: list[Any] = [None] * ctx.size
+    dist.all_gather_object(layouts, layout, group=ctx.group)
+    root = layouts[root_rank]
+    differ = [r for r in range(ctx.size) if layouts[r] != root]
+    r = differ[0]
+    pairs = enumerate(zip(layouts[r], root, strict=False))
+    where = next((i for i, (a, b) in pairs if a != b), min(len(layouts[r]), len(root)))
+    theirs = layouts[r][where] if where < len(layouts[r]) else "nothing"
+    roots = root[where] if where < len(root) else "nothing"
+    raise MismatchError(
+        f"broadcast_parameters: rank(s) {differ} hold tensors that differ from root rank {root_rank}'s "
+        f"({len(layouts[r])} vs {len(root)} tensors; the first difference is tensor {where}: rank {r} has "
+        f"{theirs}, rank {root_rank} has {roots}); build the same model on every rank"
+    )
 
 
 def consensus_distance(model_or_tensor: nn.Module | torch.Tensor) -> float:
@@ -265,6 +359,7 @@ __all__ = [
     "stats",
     "PeerError",
     "MismatchError",
+    "DifferentStartWarning",
     "CorruptMessageError",
     "Compression",
     "compression",

@@ -173,6 +173,13 @@ def _install_ddp_hook() -> None:
     ddp.__init__ = __init__
 
 
+def close_contexts() -> None:
+    """Close the gossip contexts of ``saddle`` groups (see :func:`saddle_torch.shutdown`)."""
+    for ctx in _registry.contexts.values():
+        ctx.close()
+    _registry.contexts.clear()
+
+
 def register() -> None:
     """Register ``"saddle"`` with torch.distributed (idempotent)."""
     if "saddle" not in dist.Backend.backend_list:
@@ -194,4 +201,4 @@ def gossip_stats(group: dist.ProcessGroup | None = None) -> dict[str, float]:
     return ctx.stats()
 
 
-__all__ = ["BackendConfig", "configure", "gossip_stats", "is_saddle_group", "register"]
+__all__ = ["BackendConfig", "close_contexts", "configure", "gossip_stats", "is_saddle_group", "register"]

@@ -19,13 +19,20 @@ from saddle_torch.compression import resolve as resolve_compression
 from saddle_torch.errors import MismatchError, peer_failures
 from saddle_torch.topology import Topology
 
-_SIGNATURE_LEN = 10  # crc(name), numel, dtype code, ndim, up to 6 dims
+_SIGNATURE_LEN = 11  # crc(name), numel, dtype code, ndim, up to 6 dims, crc(codec)
 
 
-def _signature(name: str, tensor: torch.Tensor) -> list[int]:
+def _signature(name: str, tensor: torch.Tensor, codec: Compression | None = None) -> list[int]:
     shape = list(tensor.shape)[:6]
     dims = shape + [-1] * (6 - len(shape))
-    return [zlib.crc32(name.encode()), tensor.numel(), _DTYPES.index(tensor.dtype), tensor.dim(), *dims]
+    return [
+        zlib.crc32(name.encode()),
+        tensor.numel(),
+        _DTYPES.index(tensor.dtype),
+        tensor.dim(),
+        *dims,
+        zlib.crc32(repr(codec).encode()),
+    ]
 
 
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -167,15 +174,17 @@ class GossipContext:
             )
 
     # -- handshake ------------------------------------------------------------------------------
-    def register(self, name: str, tensor: torch.Tensor) -> None:
-        """Check, once per name, that every rank gossips a tensor of the same shape and dtype.
+    def register(self, name: str, tensor: torch.Tensor, codec: Compression | None = None) -> None:
+        """Check, once per name, that every rank gossips the same shape, dtype and compression.
+
+        ``codec`` is the round's compression (``None``: exact gossip).
 
         Collective on first use of ``name``. Raises ``MismatchError`` (a ``ValueError``) on every rank,
         naming the ranks that differ.
         """
         if tensor.dtype not in _DTYPES:
             raise ValueError(f"gossip averages float32/float64/float16/bfloat16 tensors, got {tensor.dtype}")
-        sig = _signature(name, tensor)
+        sig = _signature(name, tensor, codec)
         known = self._registered.get(name)
         if known is not None:
             if known != sig:
@@ -195,9 +204,14 @@ class GossipContext:
             parts = "; ".join(
                 f"rank(s) {ranks} have {_describe(list(s))}"
                 + ("" if s[0] == sig[0] else " under another name")
+                + ("" if s[-1] == sig[-1] else " with another compression")
                 for s, ranks in groups.items()
             )
-            raise MismatchError(f"ranks registered different tensors for gossip {name!r}: {parts}")
+            raise MismatchError(
+                f"ranks registered different tensors for gossip {name!r} (this rank: compression "
+                f"{codec if codec is not None else 'none'}): {parts}; pass the same tensors and the same "
+                "compression= on every rank"
+            )
         self._registered[name] = sig
 
     # -- gossip ---------------------------------------------------------------------------------
@@ -216,7 +230,7 @@ class GossipContext:
         ``gamma="auto"``: see :meth:`resolve_gamma`.
         """
         comp = self.compression if compression is None else resolve_compression(compression)
-        self.register(name, tensor)
+        self.register(name, tensor, comp)
         gamma = self.resolve_gamma(gamma, comp)
         if comp is not None:
             return self._start_compressed(tensor, name, gamma, inplace, comp)
@@ -305,6 +319,10 @@ class GossipContext:
         ``wait()``), ``transfer_seconds`` (posting to last message, summed over rounds).
         """
         return dict(self.engine.stats())
+
+    def close(self) -> None:
+        """Stop the engine and release the process group (idempotent); later rounds raise."""
+        self.engine.close()
 
 
 _current: GossipContext | None = None

@@ -20,7 +20,11 @@ CorruptMessageError.__module__ = "saddle_torch"
 
 
 class MismatchError(ValueError):
-    """Ranks registered different tensors (shape or dtype) under the same gossip name."""
+    """Ranks registered different tensors (shape, dtype or compression) under the same gossip name."""
+
+
+class DifferentStartWarning(UserWarning):
+    """The ranks' models differ when :func:`saddle_torch.DistributedOptimizer` wraps them."""
 
 
 @contextmanager
@@ -42,4 +46,4 @@ def peer_failures(what: str, rank: int) -> Iterator[None]:
         ) from exc
 
 
-__all__ = ["PeerError", "MismatchError", "CorruptMessageError", "peer_failures"]
+__all__ = ["CorruptMessageError", "DifferentStartWarning", "MismatchError", "PeerError", "peer_failures"]

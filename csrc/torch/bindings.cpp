@@ -99,6 +99,8 @@ void bind_engine(py::module_& m) {
       .def("wait", &st::GossipEngine::wait, py::call_guard<py::gil_scoped_release>())
       .def("received", &st::GossipEngine::received, py::call_guard<py::gil_scoped_release>())
       .def("finish", &st::GossipEngine::finish, py::call_guard<py::gil_scoped_release>())
+      .def("close", &st::GossipEngine::close, py::call_guard<py::gil_scoped_release>(),
+           "Stop the worker and release the process group (idempotent); later rounds raise")
       .def("stats",
            [](const st::GossipEngine& e) {
              const st::EngineStats s = e.stats();

@@ -65,7 +65,9 @@ GossipEngine::GossipEngine(c10::intrusive_ptr<c10d::Backend> backend,
   worker_ = std::thread([this] { worker_loop(); });
 }
 
-GossipEngine::~GossipEngine() {
+GossipEngine::~GossipEngine() { close(); }
+
+void GossipEngine::close() {
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     stop_ = true;
@@ -73,11 +75,18 @@ GossipEngine::~GossipEngine() {
   queue_cv_.notify_all();
   if (worker_.joinable()) worker_.join();
   drain_retired();
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!broken_reason_.empty()) {
-    // A failed Gloo transport may still write into these buffers: never free them.
-    new std::vector<std::shared_ptr<Round>>(std::move(graveyard_));
+  c10::intrusive_ptr<c10d::Backend> backend;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+    if (!broken_reason_.empty()) {
+      // A failed Gloo transport may still write into these buffers: never free them.
+      new std::vector<std::shared_ptr<Round>>(std::move(graveyard_));
+    }
+    backend = std::move(backend_);
   }
+  backend.reset();  // outside the lock: may destroy the process group and join its threads
 }
 
 void GossipEngine::set_topology(std::shared_ptr<topology::Topology> topology) {
@@ -245,6 +254,10 @@ void GossipEngine::drain_retired() {
 std::shared_ptr<topology::Topology> GossipEngine::open_round(Round& round) {
   drain_retired();
   std::lock_guard<std::mutex> lock(mu_);
+  if (closed_)
+    throw std::runtime_error(
+        "saddle_torch: the gossip engine was closed (saddle_torch.shutdown() or exit); call saddle_torch.init() "
+        "again");
   if (!broken_reason_.empty()) raise_broken();
   // Every rank opens its rounds in the same order, so the k-th round has the same tag everywhere.
   round.tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
@@ -254,13 +267,31 @@ std::shared_ptr<topology::Topology> GossipEngine::open_round(Round& round) {
 
 void GossipEngine::post(const std::shared_ptr<Round>& round) {
   // Receives are posted before sends, and nobody waits before everything is posted: no deadlock.
-  for (size_t j = 0; j < round->recv_peers_.size(); ++j) {
-    std::vector<at::Tensor> buf{round->received_[j]};
-    round->recvs_.push_back(backend_->recv(buf, round->recv_peers_[j], round->tag_));
-  }
-  for (size_t j = 0; j < round->send_peers_.size(); ++j) {
-    std::vector<at::Tensor> buf{round->gossip_ ? round->sent_ : round->exchange_sends_[j]};
-    round->sends_.push_back(backend_->send(buf, round->send_peers_[j], round->tag_));
+  int peer = -1;
+  const char* what = "recv";
+  try {
+    for (size_t j = 0; j < round->recv_peers_.size(); ++j) {
+      peer = round->recv_peers_[j];
+      std::vector<at::Tensor> buf{round->received_[j]};
+      round->recvs_.push_back(backend_->recv(buf, peer, round->tag_));
+    }
+    what = "send";
+    for (size_t j = 0; j < round->send_peers_.size(); ++j) {
+      peer = round->send_peers_[j];
+      std::vector<at::Tensor> buf{round->gossip_ ? round->sent_ : round->exchange_sends_[j]};
+      round->sends_.push_back(backend_->send(buf, peer, round->tag_));
+    }
+  } catch (const std::exception& e) {
+    // Gloo refuses to post to a peer whose connection is closed (it died, or gave up on this rank
+    // while it stalled). Receives already posted may still write into this round's buffers.
+    std::ostringstream msg;
+    msg << "rank " << rank_ << ": gossip " << what << " with neighbour " << peer << " could not be posted (step "
+        << round->options_.step << "): the neighbour died, stalled or closed its connection. Transport said: "
+        << e.what();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (broken_reason_.empty()) broken_reason_ = msg.str();
+    graveyard_.push_back(round);
+    throw PeerError("saddle_torch: " + msg.str());
   }
   round->posted_ = Clock::now();
   {

@@ -118,6 +118,12 @@ class GossipEngine {
   EngineStats stats() const;
   void reset_stats();
 
+  // Stops the worker thread and releases the process-group backend, on the calling thread
+  // (idempotent). Called by saddle_torch.shutdown() and at interpreter exit with the GIL released:
+  // if this was the last reference to the group, its Gloo threads are joined while they can still
+  // take the GIL to free the tensors they hold. Rounds started afterwards raise.
+  void close();
+
  private:
   // Refuses new rounds after a failure, gives the round its tag; returns the current topology.
   std::shared_ptr<topology::Topology> open_round(Round& round);
@@ -152,6 +158,7 @@ class GossipEngine {
   std::deque<std::shared_ptr<Round>> queue_;
   std::vector<std::shared_ptr<Round>> retired_;  // waited by the worker; freed by drain_retired()
   bool stop_ = false;
+  bool closed_ = false;  // guarded by mu_
   std::thread worker_;
 };
 

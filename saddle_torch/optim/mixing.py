@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from typing_extensions import override
 
+from saddle_torch.compression import Compression
 from saddle_torch.optim.step import Closure, Phase, StepRun
 
 if TYPE_CHECKING:
@@ -30,7 +31,12 @@ class Gossip(Phase):
         cfg = rt.config
         for key, x in rt.flat.buffers.items():
             run.handles[key] = rt.ctx.start(
-                x, rt.name(key), cfg.gamma, inplace=True, snapshot=snapshot, compression=cfg.compression
+                x,
+                rt.name(key),
+                cfg.gamma,
+                inplace=True,
+                snapshot=snapshot,
+                compression=cfg.compression or Compression.none,  # None: exact, not the context default
             )
 
     @override

@@ -9,17 +9,21 @@ per step). The step itself is a sequence of phases (``step.py``); each algorithm
 
 from __future__ import annotations
 
+import warnings
 import weakref
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from saddle_torch import context
 from saddle_torch.compression import Compression
 from saddle_torch.compression import resolve as resolve_compression
 from saddle_torch.context import GossipContext
+from saddle_torch.errors import DifferentStartWarning, peer_failures
 from saddle_torch.flat import BufferKey, FlatParameters
 from saddle_torch.optim import step as seq
 from saddle_torch.optim.algorithms import ALGORITHMS, Algorithm
@@ -399,15 +403,41 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     rt.bn_frozen = [] if bn_second_pass else rt.bn_layers
     rt.phases = _phases(rt, opt)
     for key, x in flat.buffers.items():
-        ctx.register(rt.name(key), x)  # collective: every rank must hold the same model layout
+        ctx.register(rt.name(key), x, comp)  # collective: same model layout and codec on every rank
         if comp is not None:  # collective: start CHOCO at the common initial model (atc needs it here)
             ctx.prime_choco(rt.name(key), x)
+    _warn_if_ranks_differ(ctx, flat)
     if comp is not None and gamma == "auto":
         ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
     rt.source = weakref.ref(optimizer)
     _redirect_step(optimizer, opt)
     opt._saddle = rt
     return opt
+
+
+def _warn_if_ranks_differ(ctx: GossipContext, flat: FlatParameters) -> None:
+    """Warn on every rank when the ranks start from different models (collective: one all-gather).
+
+    Decentralized training averages models that started together; different initial weights (a
+    forgotten ``broadcast_parameters``) train, but the first rounds spend themselves pulling unrelated
+    models together.
+    """
+    crc = 0
+    for x in flat.buffers.values():
+        crc = zlib.crc32(x.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy(), crc)
+    mine = torch.tensor([crc], dtype=torch.int64)
+    every = [torch.empty_like(mine) for _ in range(ctx.size)]
+    with peer_failures("checking that every rank starts from the same model", ctx.rank):
+        dist.all_gather(every, mine, group=ctx.group)
+    differ = [r for r, t in enumerate(every) if not torch.equal(t, every[0])]
+    if differ:
+        warnings.warn(
+            f"DistributedOptimizer: the model of rank(s) {differ} differs from rank 0's. Call "
+            "saddle_torch.broadcast_parameters(model.state_dict(), root_rank=0) before wrapping the "
+            "optimizer so that every rank starts from the same weights",
+            DifferentStartWarning,
+            stacklevel=3,
+        )
 
 
 def _redirect_step(original: torch.optim.Optimizer, wrapped: _DistributedOptimizer) -> None:
