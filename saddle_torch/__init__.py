@@ -197,8 +197,9 @@ def set_topology(topo: str | _topology.Topology | Any, weights: str = "uniform")
     ctx.set_topology(_topology.resolve(topo, ctx.size, weights))
 
 
-def _default_name(tensor: torch.Tensor) -> str:
-    return f"tensor{tuple(tensor.shape)}:{tensor.dtype}".replace("torch.", "")
+def _default_name(tensor: torch.Tensor, codec: Compression | None) -> str:
+    name = f"tensor{tuple(tensor.shape)}:{tensor.dtype}".replace("torch.", "")
+    return name if codec is None else f"{name}@{codec}"  # CHOCO state belongs to one codec
 
 
 def neighbor_average_async(
@@ -219,19 +220,21 @@ def neighbor_average_async(
         tensor: a floating-point tensor (CPU, or CUDA staged through host memory).
         gamma: the consensus step γ in (0, 1], or ``"auto"`` (default): 1 for exact gossip, the value
             :func:`saddle_torch.compression.tune_gamma` picks for a codec on the current topology.
-        name: identifies the tensor across ranks (default: derived from shape and dtype). The first
-            round under a name checks that every rank has the same shape and dtype.
+        name: identifies the tensor across ranks (default: derived from shape, dtype and codec). The
+            first round under a name checks that every rank has the same shape, dtype and codec.
         inplace: average in place instead of into a copy.
         compression: compress the round (CHOCO state is kept per ``name``); ``None`` uses the default
             given to :func:`init`, ``Compression.none`` forces exact gossip.
 
     Raises:
-        MismatchError: ranks registered different shapes or dtypes under this name.
+        MismatchError: ranks registered different shapes, dtypes or codecs under this name.
         PeerError: (from ``wait()``) a neighbour died or stalled past the timeout.
         CorruptMessageError: (from ``wait()``) a compressed message failed validation.
     """
-    return current().start(
-        tensor, name or _default_name(tensor), gamma, inplace, snapshot=False, compression=compression
+    ctx = current()
+    codec = ctx.compression if compression is None else compression_module.resolve(compression)
+    return ctx.start(
+        tensor, name or _default_name(tensor, codec), gamma, inplace, snapshot=False, compression=compression
     )
 
 

@@ -190,7 +190,9 @@ class GossipContext:
             if known != sig:
                 raise MismatchError(
                     f"gossip tensor {name!r} was registered with {_describe(known)} and is now "
-                    f"{_describe(sig)}; use a different name for a differently shaped tensor"
+                    f"{_describe(sig)}"
+                    + (" with another compression" if known[-1] != sig[-1] else "")
+                    + "; use a different name for a different tensor or codec"
                 )
             return
         mine = torch.tensor(sig, dtype=torch.int64)
