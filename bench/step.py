@@ -112,10 +112,10 @@ def _methods(rank: int, lr: float) -> dict[str, Callable[[torch.Tensor, torch.Te
     st.backend.configure(topology="ring")
     saddle_group = dist.new_group(backend="saddle")
 
-    def ddp(hook: bool, group: dist.ProcessGroup | None = None) -> Callable:
+    def ddp(hook: bool, group: dist.ProcessGroup | None = None, mix: str = "params+grads") -> Callable:
         m = nn.parallel.DistributedDataParallel(small_cnn(), process_group=group)
         if hook:
-            m.register_comm_hook(st.hooks.GossipHookState(), st.hooks.gossip_hook)
+            m.register_comm_hook(st.hooks.GossipHookState(mix=mix), st.hooks.gossip_hook)
         o = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
 
         def run(x, y):
@@ -127,6 +127,7 @@ def _methods(rank: int, lr: float) -> dict[str, Callable[[torch.Tensor, torch.Te
 
     methods["DDP (Gloo all-reduce, 1 pass)"] = ddp(hook=False)
     methods["DDP + saddle gossip_hook (1 pass)"] = ddp(hook=True)
+    methods["DDP + gossip_hook(mix='params') (1 pass)"] = ddp(hook=True, mix="params")
     methods["DDP on the saddle backend (1 pass)"] = ddp(hook=False, group=saddle_group)
     return methods
 
