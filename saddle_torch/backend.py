@@ -28,7 +28,7 @@ from saddle_torch import _ops
 from saddle_torch import topology as _topology
 from saddle_torch.compression import Compression
 from saddle_torch.compression import resolve as resolve_compression
-from saddle_torch.hooks import MIXES, GossipHookState, gossip_hook
+from saddle_torch.hooks import GossipHookState, gossip_hook
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,6 @@ class _Registry:
 
     def __init__(self) -> None:
         self.config = BackendConfig()
-        self.timeouts: dict[int, timedelta] = {}  # id(backend) → the group's timeout
         self.contexts: dict[int, Any] = {}  # id(group) → GossipContext of the DDP hooks
 
     def context(self, group: dist.ProcessGroup) -> Any:
@@ -68,9 +67,8 @@ class _Registry:
         else:
             size = dist.get_world_size(group)
             topo = _topology.resolve(self.config.topology, size, self.config.weights)
-            backend = group._get_backend(torch.device("cpu"))
-            timeout = self.timeouts.get(id(backend), timedelta(seconds=300))
-            ctx = context.GossipContext(group, topo, timeout, self.config.compression)
+            seconds = group._get_backend(torch.device("cpu")).timeout_seconds
+            ctx = context.GossipContext(group, topo, timedelta(seconds=seconds), self.config.compression)
         self.contexts[key] = ctx
         return ctx
 
@@ -116,12 +114,7 @@ def configure(
             "saddle_torch.configure() must come before init_process_group('saddle'): this process "
             "already has a saddle group whose options are fixed (destroy_process_group() first)"
         )
-    if mix not in MIXES:
-        raise ValueError(f"mix must be one of {', '.join(MIXES)}; got {mix!r}")
-    if gamma != "auto" and (isinstance(gamma, str) or not 0 < gamma <= 1):
-        raise ValueError(f"gamma must be 'auto' or in (0, 1], got {gamma!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be ≥ 0, got {warmup_steps}")
+    GossipHookState(warmup_steps=warmup_steps, gamma=gamma, mix=mix)  # validates, as for the hook
     _registry.config = BackendConfig(
         topology, weights, gamma, resolve_compression(compression), mix, warmup_steps, ddp_hook
     )
@@ -131,10 +124,8 @@ def configure(
 def _create(store: dist.Store, rank: int, size: int, timeout: timedelta) -> Any:
     inner = dist.ProcessGroupGloo(store, rank, size, timeout)
     _topology.resolve(_registry.config.topology, size, _registry.config.weights)  # fail early
-    backend = _ops.SaddleBackend(inner)
-    _registry.timeouts[id(backend)] = timeout
     _install_ddp_hook()
-    return backend
+    return _ops.SaddleBackend(inner, timeout.total_seconds())
 
 
 def is_saddle_group(group: dist.ProcessGroup | None) -> bool:

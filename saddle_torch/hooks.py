@@ -82,13 +82,13 @@ class GossipHookState:
         """The context this hook gossips through."""
         return self.context if self.context is not None else _context.current()
 
-    def gammas(self, ctx: _context.GossipContext) -> tuple[float, float]:
-        """γ of the parameter round and of the gradient round."""
+    def resolved_gamma(self, ctx: _context.GossipContext) -> float:
+        """γ of this hook's rounds on ``ctx`` (``"auto"`` resolved)."""
         comp = None if self.compression is Compression.none else self.compression
         gamma = ctx.resolve_gamma(self.gamma, comp)
         if self.gamma == "auto" and self.mix == "grads":
             gamma = min(gamma, GRADS_ONLY_GAMMA)
-        return gamma, gamma
+        return gamma
 
 
 def _completed(tensor: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
@@ -119,7 +119,7 @@ def gossip_hook(state: GossipHookState, bucket: dist.GradBucket) -> torch.future
 
         ctx.set_topology(_topology.resolve(state.topology, ctx.size))
         state._topology_set = True
-    gamma_params, gamma_grads = state.gammas(ctx)
+    gamma = state.resolved_gamma(ctx)
     # DDP rebuilds its buckets after the first iteration: the size is part of the name.
     suffix = f"{bucket.index()}/{buffer.numel()}"
     handles = []
@@ -129,11 +129,11 @@ def gossip_hook(state: GossipHookState, bucket: dist.GradBucket) -> torch.future
         params = [p.detach() for p in bucket.parameters()]
         flat = torch.cat([p.reshape(-1) for p in params])
         handles.append(
-            ctx.start(flat, f"ddp/params{suffix}", gamma_params, True, False, compression=state.compression)
+            ctx.start(flat, f"ddp/params{suffix}", gamma, True, False, compression=state.compression)
         )
     if state.mix != "params":
         handles.append(
-            ctx.start(buffer, f"ddp/grads{suffix}", gamma_grads, True, False, compression=state.compression)
+            ctx.start(buffer, f"ddp/grads{suffix}", gamma, True, False, compression=state.compression)
         )
     for handle in handles:
         handle.wait()

@@ -166,10 +166,11 @@ void bind_choco(py::module_& m) {
 void bind_backend(py::module_& m) {
   // The base class c10d::Backend is registered by torch.distributed (imported before this module).
   py::class_<st::SaddleBackend, c10d::Backend, c10::intrusive_ptr<st::SaddleBackend>>(m, "SaddleBackend")
-      .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& inner) {
-             return c10::make_intrusive<st::SaddleBackend>(inner);
+      .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& inner, double timeout_seconds) {
+             return c10::make_intrusive<st::SaddleBackend>(inner, timeout_seconds);
            }),
-           py::arg("inner"));
+           py::arg("inner"), py::arg("timeout_seconds"))
+      .def_property_readonly("timeout_seconds", &st::SaddleBackend::timeout_seconds);
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 
 namespace saddle::torch_ext {
 
-SaddleBackend::SaddleBackend(c10::intrusive_ptr<c10d::Backend> inner)
-    : c10d::Backend(inner->getRank(), inner->getSize()), inner_(std::move(inner)) {
+SaddleBackend::SaddleBackend(c10::intrusive_ptr<c10d::Backend> inner, double timeout_seconds)
+    : c10d::Backend(inner->getRank(), inner->getSize()), inner_(std::move(inner)), timeout_seconds_(timeout_seconds) {
   SADDLE_CHECK_ARG(inner_, "the saddle backend needs an inner Gloo backend");
 }
 

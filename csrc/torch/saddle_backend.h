@@ -13,9 +13,11 @@ namespace saddle::torch_ext {
 
 class SaddleBackend : public c10d::Backend {
  public:
-  explicit SaddleBackend(c10::intrusive_ptr<c10d::Backend> inner);
+  // `timeout_seconds`: the group's timeout, which the gossip context of its DDP models uses too.
+  SaddleBackend(c10::intrusive_ptr<c10d::Backend> inner, double timeout_seconds);
 
   const std::string getBackendName() const override { return "saddle"; }
+  double timeout_seconds() const { return timeout_seconds_; }
 
   // SUM/MIN/MAX/...: the inner Gloo all-reduce. AVG: SUM, then a division by the group size
   // (floating point: exact mean; integers: the floor of the mean, as torch.div(rounding_mode="floor")).
@@ -58,6 +60,7 @@ class SaddleBackend : public c10d::Backend {
 
  private:
   c10::intrusive_ptr<c10d::Backend> inner_;
+  double timeout_seconds_;
 };
 
 }  // namespace saddle::torch_ext

@@ -96,6 +96,8 @@ def _ddp(rank: int, world: int, hook: bool) -> dict:
         out["rounds"] = st.backend.gossip_stats()["rounds"]
     except ValueError:
         out["rounds"] = 0
+    if hook:  # the DDP hook's rounds time out with the group's own timeout
+        out["timeout"] = st.backend._registry.context(ddp.process_group).timeout.total_seconds()
     dist.destroy_process_group()
     return out
 
@@ -106,6 +108,7 @@ def test_unmodified_ddp_loop_gossips_on_the_saddle_backend(hook: bool) -> None:
         assert r["end"] < 0.5 * r["start"], (rank, r)
         if hook:  # decentralized: neighbours average, the models differ a little
             assert r["rounds"] > 0 and 0 < r["spread"] < 0.05, r
+            assert r["timeout"] == 60.0, r
         else:  # configure(ddp_hook=False): plain DDP, identical models
             assert r["rounds"] == 0 and r["spread"] == 0.0, r
 
