@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
 PeerError = _C.PeerError
 NativeTopology = _C.Topology
 GossipEngine = _C.GossipEngine
+Completion = _C.Completion  # completes a torch Future from the engine's worker (the DDP hook)
 
 ring = _C.ring
 torus = _C.torus

@@ -152,7 +152,8 @@ def simulate_consensus(
     per rank, with the real codec and the real mixing matrix; stops early at ``inf`` on divergence.
 
     Args:
-        topology: a static topology (its mixing matrix W).
+        topology: the topology; a time-varying one runs one CHOCO state per phase, as the engine
+            does (phase t mod period updates only its own x̂, s).
         compression: the codec, with or without error feedback.
         gamma: the consensus step γ.
         rounds: rounds to simulate.
@@ -160,19 +161,19 @@ def simulate_consensus(
         seed: seeds the starting vectors and the codecs' randomness.
         checkpoints: also return the error after each of these round counts (a list, ``rounds`` last).
     """
-    if topology.period != 1:
-        raise ValueError("compressed gossip needs a static topology")
     n = topology.size
-    w = topology.mixing_matrix().to(torch.float32)
+    ws = [topology.mixing_matrix(k).to(torch.float32) for k in range(topology.period)]
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=g)
     mean = x.mean(0, keepdim=True)
     start = float((x - mean).norm())
-    x_hat = torch.zeros_like(x)
-    s = torch.zeros_like(x)
+    x_hats = [torch.zeros_like(x) for _ in ws]
+    ss = [torch.zeros_like(x) for _ in ws]
     marks = sorted(set(checkpoints) | {rounds})
     errors: list[float] = []
     for t in range(1, rounds + 1):
+        k = (t - 1) % len(ws)
+        w, x_hat, s = ws[k], x_hats[k], ss[k]
         if compression.error_feedback:
             q = _compress_rows(compression, x - x_hat, seed=1000 * seed + t)
             x_hat += q

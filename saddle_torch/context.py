@@ -225,17 +225,28 @@ class GossipContext:
         inplace: bool,
         snapshot: bool,
         compression: Compression | str | None = None,
+        *,
+        keep_received: bool = False,
+        scatter: list[torch.Tensor] | None = None,
+        completion: object | None = None,
     ) -> GossipHandle:
         """Register (first time), then post one round; see :func:`saddle_torch.neighbor_average_async`.
 
         ``compression=None`` uses the context's default; ``Compression.none`` forces exact gossip.
-        ``gamma="auto"``: see :meth:`resolve_gamma`.
+        ``gamma="auto"``: see :meth:`resolve_gamma`. ``keep_received``: keep the neighbours' tensors
+        for ``engine.received()`` (exact rounds; otherwise they are folded in as they arrive).
+        ``scatter``/``completion`` (CPU, in place): the engine's worker finishes the round itself,
+        copies the result into ``scatter`` and counts the round on ``completion``
+        (``_ops.Completion``); the returned handle must then not be waited.
         """
         comp = self.compression if compression is None else resolve_compression(compression)
         self.register(name, tensor, comp)
         gamma = self.resolve_gamma(gamma, comp)
+        on_worker = completion is not None
+        if on_worker and not (inplace and tensor.device.type == "cpu" and tensor.is_contiguous()):
+            raise ValueError("a round finished by the engine must gossip a contiguous CPU tensor in place")
         if comp is not None:
-            return self._start_compressed(tensor, name, gamma, inplace, comp)
+            return self._start_compressed(tensor, name, gamma, inplace, comp, scatter or [], completion)
         step = self._steps.get(name, 0)
         result = tensor if inplace else tensor.clone()
         if result.device.type == "cpu" and result.is_contiguous():
@@ -244,34 +255,69 @@ class GossipContext:
             staged = result.detach().to("cpu", copy=True).contiguous()
         # A staged (non-CPU) tensor is its own snapshot; keep a copy to compute the mixing delta.
         staged_snapshot = staged.clone() if snapshot and staged is not result else None
-        handle = self.engine.start(staged, step, gamma, snapshot and staged is result)
+        handle = self.engine.start(
+            staged, step, gamma, snapshot and staged is result, keep_received, scatter or [], completion
+        )
         self._steps[name] = step + 1
-        return GossipHandle(self, handle, result, staged, staged_snapshot)
+        return GossipHandle(self, handle, result, staged, staged_snapshot, _done=on_worker)
 
     def _start_compressed(
-        self, tensor: torch.Tensor, name: str, gamma: float, inplace: bool, comp: Compression
+        self,
+        tensor: torch.Tensor,
+        name: str,
+        gamma: float,
+        inplace: bool,
+        comp: Compression,
+        scatter: list[torch.Tensor],
+        completion: object | None,
     ) -> GossipHandle:
         if tensor.dtype != torch.float32:
             raise ValueError(f"compressed gossip works on float32 tensors, got {tensor.dtype} for {name!r}")
-        if self.topology.period != 1:
-            raise ValueError(f"compressed gossip (CHOCO) needs a static topology, not {self.topology.name}")
         step = self._steps.get(name, 0)
         result = tensor if inplace else tensor.clone()
         on_cpu = result.device.type == "cpu" and result.is_contiguous()
         staged = result if on_cpu else result.detach().to("cpu", copy=True).contiguous()
         flat = staged.view(-1)
-        if not self.choco.has(name):  # first round since creation or set_topology (collective)
-            self.prime_choco(name, flat)
-        x_hat, s = self.choco.get_or_zeros(name, flat.numel())
+        key = self.choco_key(name, step)
+        if not self.choco.has(key):  # first round of this phase since creation or set_topology (collective)
+            self.prime_choco(key, flat)
+        x_hat, s = self.choco.get_or_zeros(key, flat.numel())
         snapshot = None if on_cpu else staged.clone()  # staged copies get the CHOCO delta added back
         handle = self.engine.start_compressed(
-            flat, x_hat, s, step, gamma, comp.native, comp.error_feedback, _ops.name_hash(name)
+            flat,
+            x_hat,
+            s,
+            step,
+            gamma,
+            comp.native,
+            comp.error_feedback,
+            _ops.name_hash(name),
+            scatter,
+            completion,
         )
         self._steps[name] = step + 1
+        if completion is not None:  # finished by the engine's worker: no residual check on this thread
+            return GossipHandle(self, handle, result, staged, None, _done=True)
         monitor = self._residuals.get(name)
         if monitor is None:
             monitor = self._residuals[name] = ResidualMonitor(name, gamma, comp)
         return GossipHandle(self, handle, result, staged, snapshot, monitor=(monitor, flat, x_hat))
+
+    def choco_key(self, name: str, step: int) -> str:
+        """Key of the CHOCO state (x̂, s) that round ``step`` of ``name`` uses.
+
+        A static topology has one state per name. A time-varying one (``one_peer_exponential``) has
+        one per phase, ``name@phase<k>``: CHOCO needs x̂_i to be the same on every rank that holds a
+        copy, and in phase k only the phase's neighbours receive i's message, so each phase keeps
+        its own public copies (k = step mod period; memory: period × 2 copies of the tensor).
+        Each phase's W is doubly stochastic, so each phase's update keeps the average.
+        """
+        period = self.topology.period
+        return name if period == 1 else f"{name}@phase{step % period}"
+
+    def choco_keys(self, name: str) -> list[str]:
+        """Every CHOCO state key of ``name`` under the current topology (one per phase)."""
+        return [self.choco_key(name, k) for k in range(self.topology.period)]
 
     def prime_choco(self, name: str, tensor: torch.Tensor) -> bool:
         """Start CHOCO's public copies of ``name`` at ``tensor`` if every rank holds the same one.

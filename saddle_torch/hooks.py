@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from saddle_torch import _ops
 from saddle_torch import context as _context
 from saddle_torch.compression import Compression
 from saddle_torch.compression import resolve as resolve_compression
@@ -91,21 +92,17 @@ class GossipHookState:
         return gamma
 
 
-def _completed(tensor: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
-    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-    fut.set_result(tensor)
-    return fut
-
-
 def gossip_hook(state: GossipHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: neighbour-average the bucket's parameters and gradients.
 
     Register with ``ddp_model.register_comm_hook(state, gossip_hook)`` after :func:`saddle_torch.init`
-    (the ``saddle`` backend registers it by itself). The rounds run while DDP waits for this bucket;
-    the returned future is complete. Exact all-reduce during the warm-up.
+    (the ``saddle`` backend registers it by itself). The rounds are posted at once and the returned
+    future is completed by the gossip engine's worker thread once they are mixed, so backward of the
+    later buckets overlaps the gossip. Exact all-reduce during the warm-up.
 
     Raises:
-        PeerError: a neighbour died or stalled past the timeout.
+        PeerError: a neighbour died or stalled past the timeout (DDP re-raises the future's error from
+            ``backward()``, as a ``RuntimeError`` that carries the ``PeerError`` message).
     """
     ctx = state.gossip_context()
     buffer = bucket.buffer()
@@ -122,26 +119,28 @@ def gossip_hook(state: GossipHookState, bucket: dist.GradBucket) -> torch.future
     gamma = state.resolved_gamma(ctx)
     # DDP rebuilds its buckets after the first iteration: the size is part of the name.
     suffix = f"{bucket.index()}/{buffer.numel()}"
-    handles = []
-    params: list[torch.Tensor] = []
-    flat = None
+    # The engine's worker mixes each round as its messages arrive, writes the mixed parameters back
+    # and completes this future: backward goes on with the next buckets meanwhile.
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    completion = _ops.Completion(future, buffer, (state.mix != "grads") + (state.mix != "params"))
     if state.mix != "grads":
+        # Every gradient of this bucket is computed: its parameters are free to be overwritten.
         params = [p.detach() for p in bucket.parameters()]
         flat = torch.cat([p.reshape(-1) for p in params])
-        handles.append(
-            ctx.start(flat, f"ddp/params{suffix}", gamma, True, False, compression=state.compression)
+        ctx.start(
+            flat,
+            f"ddp/params{suffix}",
+            gamma,
+            True,
+            False,
+            compression=state.compression,
+            scatter=params,
+            completion=completion,
         )
     if state.mix != "params":
-        handles.append(
-            ctx.start(buffer, f"ddp/grads{suffix}", gamma, True, False, compression=state.compression)
-        )
-    for handle in handles:
-        handle.wait()
-    if flat is not None:
-        with torch.no_grad():  # every gradient of this bucket is computed: its parameters are free
-            for p, mixed in zip(params, flat.split([p.numel() for p in params]), strict=True):
-                p.copy_(mixed.view_as(p))
-    return _completed(buffer)
+        name = f"ddp/grads{suffix}"
+        ctx.start(buffer, name, gamma, True, False, compression=state.compression, completion=completion)
+    return future
 
 
 __all__ = ["GossipHookState", "gossip_hook"]

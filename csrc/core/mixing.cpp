@@ -53,6 +53,61 @@ void choco_step(T* x, const T* s, const T* x_hat, double gamma, size_t begin, si
   for (size_t i = begin; i < end; ++i) x[i] += g * (s[i] - x_hat[i]);
 }
 
+template <typename T>
+void accumulate_first(T* acc, const T* y, double b, const T* s, double c, size_t begin, size_t end) {
+  SADDLE_CHECK(acc != nullptr && y != nullptr && begin <= end, "bad range");
+  const T bt = static_cast<T>(b), ct = static_cast<T>(c);
+  if (s != nullptr && ct != T(0)) {
+    for (size_t i = begin; i < end; ++i) acc[i] = bt * y[i] + ct * s[i];
+  } else {
+    for (size_t i = begin; i < end; ++i) acc[i] = bt * y[i];
+  }
+}
+
+template <typename T>
+void accumulate(T* acc, const T* y, double b, size_t begin, size_t end) {
+  SADDLE_CHECK(acc != nullptr && y != nullptr && begin <= end, "bad range");
+  const T bt = static_cast<T>(b);
+  for (size_t i = begin; i < end; ++i) acc[i] += bt * y[i];
+}
+
+template <typename T>
+void apply(T* x, const T* acc, double a, double g, size_t begin, size_t end) {
+  SADDLE_CHECK(x != nullptr && begin <= end, "bad range");
+  const T at = static_cast<T>(a), gt = static_cast<T>(g);
+  if (acc == nullptr) {  // no in-neighbour this round
+    if (at != T(1))
+      for (size_t i = begin; i < end; ++i) x[i] *= at;
+    return;
+  }
+  if (at == T(1)) {
+    for (size_t i = begin; i < end; ++i) x[i] += gt * acc[i];
+  } else {
+    for (size_t i = begin; i < end; ++i) x[i] = at * x[i] + gt * acc[i];
+  }
+}
+
+template <typename T>
+void choco_finish(T* x, T* s, T* x_hat, const T* d, const T* acc, double gamma, size_t begin, size_t end) {
+  SADDLE_CHECK(x != nullptr && s != nullptr && x_hat != nullptr && d != nullptr && acc != nullptr && begin <= end,
+               "bad range");
+  const T g = static_cast<T>(gamma);
+  for (size_t i = begin; i < end; ++i) {
+    x_hat[i] += d[i];
+    s[i] += acc[i];
+    x[i] += g * (s[i] - x_hat[i]);
+  }
+}
+
+#define SADDLE_MIXING_INSTANTIATE(T)                                                              \
+  template void accumulate_first<T>(T*, const T*, double, const T*, double, size_t, size_t);       \
+  template void accumulate<T>(T*, const T*, double, size_t, size_t);                              \
+  template void apply<T>(T*, const T*, double, double, size_t, size_t);                           \
+  template void choco_finish<T>(T*, T*, T*, const T*, const T*, double, size_t, size_t);
+SADDLE_MIXING_INSTANTIATE(float)
+SADDLE_MIXING_INSTANTIATE(double)
+#undef SADDLE_MIXING_INSTANTIATE
+
 template void choco_step<float>(float*, const float*, const float*, double, size_t, size_t);
 template void choco_step<double>(double*, const double*, const double*, double, size_t, size_t);
 template void mix<float>(float*, const float*, const float* const*, const Coefficients&, size_t, size_t);

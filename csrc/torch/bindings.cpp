@@ -1,4 +1,6 @@
 // Registration only: every function bound here is implemented in a topic file of csrc/torch or core.
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
 #include "core/topology/generators.h"
@@ -66,6 +68,28 @@ void bind_topology(py::module_& m) {
 void bind_engine(py::module_& m) {
   py::class_<st::Round, std::shared_ptr<st::Round>>(m, "Round").def("done", &st::Round::done);
 
+  // Completes `future` (a torch.futures.Future) with `value` once `rounds` rounds started with it
+  // have been finished by the engine's worker; their first failure becomes the future's error.
+  py::class_<st::Completion, std::shared_ptr<st::Completion>>(m, "Completion")
+      .def(py::init([](const py::object& future, const py::object& value, int rounds) {
+             auto wrapper = future.cast<std::shared_ptr<torch::jit::PythonFutureWrapper>>();
+             // The value as Future.set_result stores it, so the future's consumers read it unchanged.
+             c10::IValue v = torch::jit::toIValue(value, c10::PyObjectType::get());
+             // The future's error is a Python PeerError, so that backward() raises it with its type
+             // (torch restores a python_error as the original exception; other errors become
+             // RuntimeError). Called on the engine's worker, which takes the GIL for it.
+             auto make_error = [](const std::string& what) {
+               py::gil_scoped_acquire gil;
+               PyObject* type = py::module_::import("saddle_torch._C").attr("PeerError").ptr();
+               PyErr_SetString(type, what.c_str());
+               python_error err;
+               err.persist();
+               return std::make_exception_ptr(std::move(err));
+             };
+             return std::make_shared<st::Completion>(wrapper->fut, std::move(v), rounds, make_error);
+           }),
+           py::arg("future"), py::arg("value"), py::arg("rounds"));
+
   py::class_<st::GossipEngine, std::shared_ptr<st::GossipEngine>>(m, "GossipEngine")
       .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& backend, TopologyPtr topology,
                        double timeout_seconds) {
@@ -80,20 +104,26 @@ void bind_engine(py::module_& m) {
       .def("topology", &st::GossipEngine::topology)
       .def(
           "start",
-          [](st::GossipEngine& e, const at::Tensor& x, int64_t step, double gamma, bool snapshot) {
-            return e.start(x, st::RoundOptions{step, gamma, snapshot});
+          [](st::GossipEngine& e, const at::Tensor& x, int64_t step, double gamma, bool snapshot, bool keep_received,
+             std::vector<at::Tensor> scatter, std::shared_ptr<st::Completion> completion) {
+            return e.start(x, st::RoundOptions{step, gamma, snapshot, keep_received}, std::move(scatter),
+                           std::move(completion));
           },
           py::arg("tensor"), py::arg("step"), py::arg("gamma") = 1.0, py::arg("snapshot") = false,
-          py::call_guard<py::gil_scoped_release>())
+          py::arg("keep_received") = false, py::arg("scatter") = std::vector<at::Tensor>{},
+          py::arg("completion") = nullptr, py::call_guard<py::gil_scoped_release>())
       .def(
           "start_compressed",
           [](st::GossipEngine& e, const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& s, int64_t step,
-             double gamma, const st::CodecPtr& codec, bool error_feedback, uint64_t name_hash) {
-            return e.start_compressed(x, x_hat, s, st::RoundOptions{step, gamma, false},
-                                      st::CompressionOptions{codec, error_feedback, name_hash});
+             double gamma, const st::CodecPtr& codec, bool error_feedback, uint64_t name_hash,
+             std::vector<at::Tensor> scatter, std::shared_ptr<st::Completion> completion) {
+            return e.start_compressed(x, x_hat, s, st::RoundOptions{step, gamma, false, false},
+                                      st::CompressionOptions{codec, error_feedback, name_hash}, std::move(scatter),
+                                      std::move(completion));
           },
           py::arg("tensor"), py::arg("x_hat"), py::arg("s"), py::arg("step"), py::arg("gamma"), py::arg("codec"),
-          py::arg("error_feedback"), py::arg("name_hash"), py::call_guard<py::gil_scoped_release>())
+          py::arg("error_feedback"), py::arg("name_hash"), py::arg("scatter") = std::vector<at::Tensor>{},
+          py::arg("completion") = nullptr, py::call_guard<py::gil_scoped_release>())
       .def("exchange", &st::GossipEngine::exchange, py::arg("sends"), py::arg("recvs"),
            py::call_guard<py::gil_scoped_release>())
       .def("wait", &st::GossipEngine::wait, py::call_guard<py::gil_scoped_release>())

@@ -23,31 +23,31 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-template <typename T>
-void mix_typed(at::Tensor& x, const at::Tensor* snapshot,
-               const std::vector<at::Tensor>& received, const mixing::Coefficients& k) {
-  T* xp = x.data_ptr<T>();
-  const T* sp = snapshot ? snapshot->data_ptr<T>() : nullptr;
-  std::vector<const T*> ys;
-  ys.reserve(received.size());
-  for (const auto& r : received) ys.push_back(r.data_ptr<T>());
-  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
-    mixing::mix<T>(xp, sp, ys.data(), k, static_cast<size_t>(begin), static_cast<size_t>(end));
-  });
-}
-
-// Reduced-precision dtypes: the same arithmetic with ATen ops.
-void mix_aten(at::Tensor& x, const at::Tensor* snapshot, const std::vector<at::Tensor>& received,
-              const mixing::Coefficients& k) {
-  if (snapshot != nullptr && k.c != 0.0) {
-    x.add_(*snapshot, k.c);
-  } else if (k.a != 1.0) {
-    x.mul_(k.a);
-  }
-  for (size_t j = 0; j < received.size(); ++j) x.add_(received[j], k.b[j]);
-}
-
 }  // namespace
+
+Completion::Completion(c10::intrusive_ptr<c10::ivalue::Future> future, c10::IValue value, int rounds,
+                       ErrorFactory make_error)
+    : future_(std::move(future)), value_(std::move(value)), remaining_(rounds), make_error_(std::move(make_error)) {
+  SADDLE_CHECK_ARG(future_, "a completion needs a future");
+  SADDLE_CHECK_ARG(rounds > 0, "a completion needs at least one round, got ", rounds);
+}
+
+void Completion::round_done(const std::string& error) {
+  std::string failure;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!error.empty() && error_.empty()) error_ = error;
+    if (--remaining_ > 0) return;
+    failure = error_;
+  }
+  // Every round of the future is over (their buffers are free): complete it, outside the lock.
+  if (failure.empty()) {
+    future_->markCompleted(value_);
+  } else {
+    const std::string what = "saddle_torch: " + failure;
+    future_->setError(make_error_ ? make_error_(what) : std::make_exception_ptr(PeerError(what)));
+  }
+}
 
 bool Round::done() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -63,6 +63,7 @@ GossipEngine::GossipEngine(c10::intrusive_ptr<c10d::Backend> backend,
   size_ = backend_->getSize();
   set_topology(std::move(topology));
   worker_ = std::thread([this] { worker_loop(); });
+  sender_ = std::thread([this] { sender_loop(); });
 }
 
 GossipEngine::~GossipEngine() { close(); }
@@ -73,6 +74,7 @@ void GossipEngine::close() {
     stop_ = true;
   }
   queue_cv_.notify_all();
+  if (sender_.joinable()) sender_.join();  // first: the worker may wait for a round's sends
   if (worker_.joinable()) worker_.join();
   drain_retired();
   c10::intrusive_ptr<c10d::Backend> backend;
@@ -107,7 +109,8 @@ void GossipEngine::raise_broken() const {
                   " failed earlier and the process group is unusable: " + broken_reason_);
 }
 
-std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptions& options) {
+std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptions& options,
+                                           std::vector<at::Tensor> scatter, std::shared_ptr<Completion> completion) {
   SADDLE_CHECK_ARG(x.defined(), "gossip needs a tensor, got an undefined one");
   SADDLE_CHECK_ARG(x.device().is_cpu(), "the gossip engine works on CPU tensors, got ", x.device());
   SADDLE_CHECK_ARG(x.layout() == at::kStrided && x.is_contiguous(),
@@ -115,17 +118,23 @@ std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptio
   SADDLE_CHECK_ARG(at::isFloatingType(x.scalar_type()),
                    "gossip averages floating-point tensors, got ", x.scalar_type());
   SADDLE_CHECK_ARG(options.step >= 0, "step must be non-negative, got ", options.step);
+  SADDLE_CHECK_ARG(!(completion && options.keep_received),
+                   "a round finished by the engine cannot keep its received tensors");
+  check_scatter(x, scatter);
 
   auto round = std::make_shared<Round>();
   const std::shared_ptr<topology::Topology> topo = open_round(*round);
   round->x_ = x;
   round->options_ = options;
+  round->scatter_ = std::move(scatter);
+  round->completion_ = std::move(completion);
   round->row_ = topo->row(rank_, options.step);
   round->sent_ = options.snapshot ? acquire(x).copy_(x) : x;
   for (const auto& e : round->row_.in) {
     round->received_.push_back(acquire(x));
     round->recv_peers_.push_back(e.peer);
   }
+  if (!options.keep_received && !round->row_.in.empty()) round->acc_ = acquire(x);
   round->send_peers_ = round->row_.out;
   post(round);
   return round;
@@ -133,38 +142,40 @@ std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptio
 
 std::shared_ptr<Round> GossipEngine::start_compressed(const at::Tensor& x, const at::Tensor& x_hat,
                                                       const at::Tensor& s, const RoundOptions& options,
-                                                      const CompressionOptions& compression) {
+                                                      const CompressionOptions& compression,
+                                                      std::vector<at::Tensor> scatter,
+                                                      std::shared_ptr<Completion> completion) {
   SADDLE_CHECK_ARG(compression.codec != nullptr, "compressed gossip needs a codec");
   for (const at::Tensor* t : {&x, &x_hat, &s})
     SADDLE_CHECK_ARG(t->defined() && t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
                          t->numel() == x.numel(),
                      "compressed gossip needs contiguous float32 CPU tensors x, x_hat, s of one size");
+  SADDLE_CHECK_ARG(!options.keep_received, "a compressed round receives codec messages, not tensors");
+  check_scatter(x, scatter);
   auto round = std::make_shared<Round>();
   const std::shared_ptr<topology::Topology> topo = open_round(*round);
-  SADDLE_CHECK_ARG(topo->period() == 1, "compressed gossip (CHOCO) needs a static topology; '", topo->name(),
-                   "' changes every step");
   round->x_ = x;
   round->options_ = options;
+  round->scatter_ = std::move(scatter);
+  round->completion_ = std::move(completion);
   round->row_ = topo->row(rank_, options.step);
   round->compression_ = compression;
   round->x_hat_ = x_hat;
   round->s_ = s;
   const codec::Codec& codec = *compression.codec;
   round->own_seed_ = message_seed(compression.name_hash, options.step, rank_);
-  // The message: C(x − x̂) with error feedback, C(x) without.
-  at::Tensor source = x;
+  // The message source, C(x − x̂) with error feedback, C(x) without: copied now, so that the caller
+  // may move x at once; the sender thread encodes it.
+  round->source_ = acquire(x);
   if (compression.error_feedback) {
-    source = acquire(x);
-    at::sub_out(source, x, x_hat);
+    at::sub_out(round->source_, x, x_hat);
+  } else {
+    round->source_.copy_(x);
   }
   const int64_t bytes = static_cast<int64_t>(codec.encoded_bytes(static_cast<size_t>(x.numel())));
   round->sent_ = acquire(bytes, at::kByte);
-  codec.encode(source.data_ptr<float>(), static_cast<size_t>(x.numel()), round->own_seed_,
-               round->sent_.data_ptr<uint8_t>(), static_cast<size_t>(bytes), aten_parallel());
-  if (compression.error_feedback) {
-    std::vector<at::Tensor> scratch{source};
-    release(scratch);
-  }
+  round->own_ = acquire(x);
+  round->acc_ = acquire(x).zero_();
   for (const auto& e : round->row_.in) {
     round->received_.push_back(acquire(bytes, at::kByte));
     round->recv_peers_.push_back(e.peer);
@@ -175,46 +186,15 @@ std::shared_ptr<Round> GossipEngine::start_compressed(const at::Tensor& x, const
   return round;
 }
 
-void GossipEngine::finish_compressed(Round& round) {
-  const codec::Codec& codec = *round.compression_.codec;
-  const codec::Parallel par = aten_parallel();
-  const size_t n = static_cast<size_t>(round.x_.numel());
-  // Validate every message before anything is written: a bad one leaves x, x̂ and s untouched.
-  for (size_t j = 0; j < round.received_.size(); ++j) {
-    try {
-      codec.validate(round.received_[j].data_ptr<uint8_t>(), static_cast<size_t>(round.received_[j].numel()), n,
-                     round.recv_seeds_[j], par);
-    } catch (const codec::CorruptMessage& e) {
-      std::lock_guard<std::mutex> lock(mu_);
-      const std::string what = "rank " + std::to_string(rank_) + ": corrupted gossip message from neighbour " +
-                               std::to_string(round.recv_peers_[j]) + ": " + e.what();
-      if (broken_reason_.empty()) broken_reason_ = what;
-      throw codec::CorruptMessage(what);
-    }
+void GossipEngine::check_scatter(const at::Tensor& x, const std::vector<at::Tensor>& scatter) const {
+  if (scatter.empty()) return;
+  int64_t total = 0;
+  for (const auto& t : scatter) {
+    SADDLE_CHECK_ARG(t.defined() && t.device().is_cpu() && t.scalar_type() == x.scalar_type(),
+                     "scatter targets must be CPU tensors of the gossiped dtype");
+    total += t.numel();
   }
-  const double gamma = round.options_.gamma;
-  auto add = [&](const at::Tensor& msg, uint64_t seed, double alpha, at::Tensor& acc) {
-    codec.decode_add(msg.data_ptr<uint8_t>(), static_cast<size_t>(msg.numel()), n, seed, static_cast<float>(alpha),
-                     acc.data_ptr<float>(), par);
-  };
-  if (round.compression_.error_feedback) {
-    add(round.sent_, round.own_seed_, 1.0, round.x_hat_);
-    add(round.sent_, round.own_seed_, round.row_.self_weight, round.s_);
-    for (size_t j = 0; j < round.received_.size(); ++j)
-      add(round.received_[j], round.recv_seeds_[j], round.row_.in[j].weight, round.s_);
-    float* xp = round.x_.data_ptr<float>();
-    const float* sp = round.s_.data_ptr<float>();
-    const float* hp = round.x_hat_.data_ptr<float>();
-    at::parallel_for(0, round.x_.numel(), 1 << 16, [&](int64_t b, int64_t e) {
-      mixing::choco_step<float>(xp, sp, hp, gamma, static_cast<size_t>(b), static_cast<size_t>(e));
-    });
-  } else {
-    double total = 0.0;
-    for (const auto& e : round.row_.in) total += e.weight;
-    add(round.sent_, round.own_seed_, -gamma * total, round.x_);
-    for (size_t j = 0; j < round.received_.size(); ++j)
-      add(round.received_[j], round.recv_seeds_[j], gamma * round.row_.in[j].weight, round.x_);
-  }
+  SADDLE_CHECK_ARG(total == x.numel(), "scatter targets hold ", total, " elements, the tensor has ", x.numel());
 }
 
 std::shared_ptr<Round> GossipEngine::exchange(const std::vector<std::pair<int, at::Tensor>>& sends,
@@ -267,6 +247,9 @@ std::shared_ptr<topology::Topology> GossipEngine::open_round(Round& round) {
 
 void GossipEngine::post(const std::shared_ptr<Round>& round) {
   // Receives are posted before sends, and nobody waits before everything is posted: no deadlock.
+  // A compressed round's sends are posted by the sender thread once its message is encoded; rounds
+  // are encoded in start order, before the worker waits on any of their sends.
+  const bool encode = round->gossip_ && round->compression_.codec != nullptr;
   int peer = -1;
   const char* what = "recv";
   try {
@@ -276,10 +259,13 @@ void GossipEngine::post(const std::shared_ptr<Round>& round) {
       round->recvs_.push_back(backend_->recv(buf, peer, round->tag_));
     }
     what = "send";
-    for (size_t j = 0; j < round->send_peers_.size(); ++j) {
-      peer = round->send_peers_[j];
-      std::vector<at::Tensor> buf{round->gossip_ ? round->sent_ : round->exchange_sends_[j]};
-      round->sends_.push_back(backend_->send(buf, peer, round->tag_));
+    if (!encode) {
+      for (size_t j = 0; j < round->send_peers_.size(); ++j) {
+        peer = round->send_peers_[j];
+        std::vector<at::Tensor> buf{round->gossip_ ? round->sent_ : round->exchange_sends_[j]};
+        round->sends_.push_back(backend_->send(buf, peer, round->tag_));
+      }
+      round->sends_posted_ = true;
     }
   } catch (const std::exception& e) {
     // Gloo refuses to post to a peer whose connection is closed (it died, or gave up on this rank
@@ -296,12 +282,63 @@ void GossipEngine::post(const std::shared_ptr<Round>& round) {
   round->posted_ = Clock::now();
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
+    if (encode) send_queue_.push_back(round);
     queue_.push_back(round);
   }
-  queue_cv_.notify_one();
+  queue_cv_.notify_all();
+}
+
+void GossipEngine::sender_loop() {
+  for (;;) {
+    std::shared_ptr<Round> round;
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_.wait(lock, [this] { return stop_ || !send_queue_.empty(); });
+      if (send_queue_.empty()) return;
+      round = send_queue_.front();  // the worker's queue holds the round too: never the last reference
+      send_queue_.pop_front();
+    }
+    encode_and_send(*round);
+  }
+}
+
+void GossipEngine::encode_and_send(Round& round) {
+  std::string error;
+  try {
+    const codec::Codec& codec = *round.compression_.codec;
+    const codec::Parallel par = aten_parallel();
+    const size_t n = static_cast<size_t>(round.source_.numel());
+    codec.encode(round.source_.data_ptr<float>(), n, round.own_seed_, round.sent_.data_ptr<uint8_t>(),
+                 static_cast<size_t>(round.sent_.numel()), par);
+    codec.decode(round.sent_.data_ptr<uint8_t>(), static_cast<size_t>(round.sent_.numel()), n, round.own_seed_,
+                 round.own_.data_ptr<float>(), par);
+    for (size_t j = 0; j < round.send_peers_.size(); ++j) {
+      std::vector<at::Tensor> buf{round.sent_};
+      try {
+        round.sends_.push_back(backend_->send(buf, round.send_peers_[j], round.tag_));
+      } catch (const std::exception& e) {
+        std::ostringstream msg;
+        msg << "rank " << rank_ << ": gossip send with neighbour " << round.send_peers_[j]
+            << " could not be posted (step " << round.options_.step
+            << "): the neighbour died, stalled or closed its connection. Transport said: " << e.what();
+        error = msg.str();
+        break;
+      }
+    }
+  } catch (const std::exception& e) {
+    error = std::string("rank ") + std::to_string(rank_) + ": encoding the gossip message failed: " + e.what();
+  }
+  {
+    std::lock_guard<std::mutex> lock(round.mu_);
+    round.sends_posted_ = true;
+    if (!error.empty() && round.error_.empty()) round.error_ = error;
+  }
+  round.cv_.notify_all();
 }
 
 void GossipEngine::worker_loop() {
+  // Mixing in place into tensors that may require grad (flat parameters, DDP's parameters): no graph.
+  at::NoGradGuard no_grad;
   for (;;) {
     std::shared_ptr<Round> round;
     {
@@ -312,6 +349,29 @@ void GossipEngine::worker_loop() {
       queue_.pop_front();
     }
     wait_round(*round);
+    if (round->completion_) {
+      // Nobody will call finish(): mix here, release the buffers, complete the caller's future.
+      std::string error;
+      {
+        std::lock_guard<std::mutex> lock(round->mu_);
+        error = round->error_;
+        round->waited_ = round->finished_ = true;
+      }
+      if (error.empty()) {
+        try {
+          mix(*round);
+          account(*round);
+        } catch (const std::exception& e) {
+          error = std::string("rank ") + std::to_string(rank_) + ": " + e.what();
+        }
+      }
+      if (!error.empty()) {
+        fail(round, error);
+      } else {
+        release_round(*round);
+      }
+      round->completion_->round_done(error);
+    }
     // Never drop a round here: if the caller already let go of it, this would be the last reference,
     // and destroying a round releases tensors whose Python objects need the GIL. While the
     // interpreter finalizes, a thread that asks for the GIL is terminated by pthread_exit, which
@@ -322,26 +382,66 @@ void GossipEngine::worker_loop() {
   }
 }
 
+void GossipEngine::fail(const std::shared_ptr<Round>& round, const std::string& error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (broken_reason_.empty()) broken_reason_ = error;
+  graveyard_.push_back(round);
+}
+
 void GossipEngine::wait_round(Round& round) {
   const auto deadline = round.posted_ + options_.timeout;
   std::string error;
-  auto wait_one = [&](c10d::Work& work, const char* what, int peer) {
+  bool corrupt = false;
+  auto budget = [&] {
     const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     // kNoTimeout is 0 ms in c10d: never pass it by accident.
-    const auto budget = std::max(remaining, std::chrono::milliseconds(1));
+    return std::max(remaining, std::chrono::milliseconds(1));
+  };
+  auto wait_one = [&](c10d::Work& work, const char* what, int peer) {
     try {
-      work.wait(budget);
+      work.wait(budget());
+      return true;
     } catch (const std::exception& e) {
-      if (!error.empty()) return;
+      if (!error.empty()) return false;
       std::ostringstream msg;
       msg << "rank " << rank_ << ": gossip " << what << " with neighbour " << peer << " failed (step "
           << round.options_.step << ", timeout " << options_.timeout.count() / 1000.0
           << " s): the neighbour died, stalled or closed its connection. Transport said: " << e.what();
       error = msg.str();
+      return false;
     }
   };
-  for (size_t j = 0; j < round.recvs_.size(); ++j) wait_one(*round.recvs_[j], "recv", round.recv_peers_[j]);
+  const bool accumulate_here = round.gossip_ && round.acc_.defined();
+  for (size_t j = 0; j < round.recvs_.size(); ++j) {
+    // Each neighbour's message is folded in as soon as it is here, while later ones are in flight.
+    if (wait_one(*round.recvs_[j], "recv", round.recv_peers_[j]) && error.empty() && accumulate_here) {
+      try {
+        accumulate(round, j);
+      } catch (const codec::CorruptMessage& e) {
+        error = "rank " + std::to_string(rank_) + ": corrupted gossip message from neighbour " +
+                std::to_string(round.recv_peers_[j]) + ": " + e.what();
+        corrupt = true;
+      }
+    }
+  }
+  {
+    // Compressed rounds: the sender thread posts the sends once the message is encoded.
+    std::unique_lock<std::mutex> lock(round.mu_);
+    round.cv_.wait(lock, [&] { return round.sends_posted_; });
+    if (error.empty() && !round.error_.empty()) error = round.error_;
+  }
   for (size_t j = 0; j < round.sends_.size(); ++j) wait_one(*round.sends_[j], "send", round.send_peers_[j]);
+  if (error.empty() && round.gossip_ && round.compression_.codec) {
+    // The own term: + w_ii C_i (CHOCO's s), or − Σ_j w_ij C_i (naive).
+    double total = 0.0;
+    for (const auto& e : round.row_.in) total += e.weight;
+    const double w = round.compression_.error_feedback ? round.row_.self_weight : -total;
+    float* acc = round.acc_.data_ptr<float>();
+    const float* own = round.own_.data_ptr<float>();
+    at::parallel_for(0, round.acc_.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+      mixing::accumulate<float>(acc, own, w, static_cast<size_t>(b), static_cast<size_t>(e));
+    });
+  }
   const double transfer = seconds_since(round.posted_);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -350,6 +450,7 @@ void GossipEngine::wait_round(Round& round) {
   {
     std::lock_guard<std::mutex> lock(round.mu_);
     round.error_ = std::move(error);
+    round.corrupt_ = corrupt;
     round.done_ = true;
   }
   round.cv_.notify_all();
@@ -357,6 +458,7 @@ void GossipEngine::wait_round(Round& round) {
 
 void GossipEngine::wait(const std::shared_ptr<Round>& round) {
   SADDLE_CHECK_ARG(round != nullptr, "wait() needs the handle that start() returned");
+  SADDLE_CHECK_ARG(!round->completion_, "this round is finished by the engine (its future completes it)");
   const auto t0 = Clock::now();
   {
     std::unique_lock<std::mutex> lock(round->mu_);
@@ -366,15 +468,17 @@ void GossipEngine::wait(const std::shared_ptr<Round>& round) {
     round->waited_ = true;
   }
   const double blocked = seconds_since(t0);
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.wait_seconds += blocked;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.wait_seconds += blocked;
+  }
   if (!round->error_.empty()) {
-    if (broken_reason_.empty()) broken_reason_ = round->error_;
-    graveyard_.push_back(round);
+    fail(round, round->error_);
     {
       std::lock_guard<std::mutex> round_lock(round->mu_);
       round->finished_ = true;
     }
+    if (round->corrupt_) throw codec::CorruptMessage(round->error_);
     throw PeerError("saddle_torch: " + round->error_);
   }
 }
@@ -383,6 +487,9 @@ std::vector<at::Tensor> GossipEngine::received(const std::shared_ptr<Round>& rou
   wait(round);
   SADDLE_CHECK_ARG(round->gossip_, "received() is for gossip rounds; an exchange fills your buffers");
   SADDLE_CHECK_ARG(!round->compression_.codec, "a compressed round receives codec messages, not tensors");
+  SADDLE_CHECK_ARG(round->options_.keep_received,
+                   "received() needs a round started with keep_received=True (otherwise the messages are "
+                   "folded into one accumulator as they arrive)");
   return round->received_;
 }
 
@@ -392,60 +499,9 @@ void GossipEngine::finish(const std::shared_ptr<Round>& round) {
     std::lock_guard<std::mutex> lock(round->mu_);
     round->finished_ = true;
   }
-  if (!round->gossip_) {
-    const auto count = [](const std::vector<at::Tensor>& ts) {
-      int64_t n = 0;
-      for (const auto& t : ts) n += static_cast<int64_t>(t.nbytes());
-      return n;
-    };
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.bytes_sent += count(round->exchange_sends_);
-    stats_.bytes_received += count(round->received_);
-    round->exchange_sends_.clear();
-    round->received_.clear();
-    return;
-  }
-  if (round->compression_.codec) {
-    finish_compressed(*round);
-    const int64_t msg_bytes = round->sent_.numel();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stats_.bytes_sent += msg_bytes * static_cast<int64_t>(round->row_.out.size());
-      for (const auto& r : round->received_) stats_.bytes_received += r.numel();
-      stats_.rounds += 1;
-    }
-    round->received_.push_back(round->sent_);
-    release(round->received_);
-    round->sent_ = at::Tensor();
-    round->x_ = round->x_hat_ = round->s_ = at::Tensor();
-    return;
-  }
-  SADDLE_CHECK_ARG(round->x_.sizes() == round->sent_.sizes(),
-                   "the tensor was resized between start() and finish()");
-  const mixing::Coefficients k =
-      mixing::gossip_coefficients(round->row_, round->options_.gamma, round->options_.snapshot);
-  const at::Tensor* snapshot = round->options_.snapshot ? &round->sent_ : nullptr;
-  switch (round->x_.scalar_type()) {
-    case at::kFloat:
-      mix_typed<float>(round->x_, snapshot, round->received_, k);
-      break;
-    case at::kDouble:
-      mix_typed<double>(round->x_, snapshot, round->received_, k);
-      break;
-    default:
-      mix_aten(round->x_, snapshot, round->received_, k);
-  }
-  const int64_t nbytes = static_cast<int64_t>(round->x_.nbytes());
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.bytes_sent += nbytes * static_cast<int64_t>(round->row_.out.size());
-    stats_.bytes_received += nbytes * static_cast<int64_t>(round->row_.in.size());
-    stats_.rounds += 1;
-  }
-  if (round->options_.snapshot) round->received_.push_back(round->sent_);
-  release(round->received_);
-  round->sent_ = at::Tensor();
-  round->x_ = at::Tensor();
+  if (round->gossip_) mix(*round);
+  account(*round);
+  release_round(*round);
 }
 
 at::Tensor GossipEngine::acquire(const at::Tensor& like) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/ivalue.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,6 +31,9 @@ struct RoundOptions {
   int64_t step = 0;       // selects the phase of a time-varying topology
   double gamma = 1.0;     // x ← x + γ Σ_j w_ij (x_j − x)
   bool snapshot = false;  // copy x at start, so the caller may modify x before finish()
+  // Keep every neighbour's tensor for received() (NGM reads the neighbours' models). Otherwise the
+  // worker folds each message into one accumulator as it arrives and the buffers are reused at once.
+  bool keep_received = false;
 };
 
 // Compressed gossip (CHOCO, Koloskova et al. 2019) for one round.
@@ -47,7 +52,29 @@ struct EngineStats {
   double transfer_seconds = 0.0;  // time from posting a round to its last message, summed
 };
 
-// One in-flight round. Created by GossipEngine::start, completed by GossipEngine::finish.
+// Completes a torch Future once `rounds` rounds have been finished by the engine's worker (the DDP
+// hook's future: backward goes on while the buckets gossip). The value is set by the caller, as
+// Future.set_result would; the first failure of any of the rounds becomes the future's error.
+class Completion {
+ public:
+  // `make_error` turns a failure message into the exception the future carries (the binding makes
+  // it a Python saddle_torch.PeerError, which backward() then raises with its type intact).
+  using ErrorFactory = std::function<std::exception_ptr(const std::string&)>;
+  Completion(c10::intrusive_ptr<c10::ivalue::Future> future, c10::IValue value, int rounds,
+             ErrorFactory make_error = {});
+  void round_done(const std::string& error);  // called by the worker, once per round
+
+ private:
+  std::mutex mu_;
+  c10::intrusive_ptr<c10::ivalue::Future> future_;
+  c10::IValue value_;
+  int remaining_;
+  std::string error_;
+  ErrorFactory make_error_;
+};
+
+// One in-flight round. Created by GossipEngine::start, completed by GossipEngine::finish (or by the
+// worker, for a round with a Completion).
 class Round {
  public:
   bool done();  // true once every message of the round has arrived (or failed)
@@ -56,9 +83,14 @@ class Round {
   friend class GossipEngine;
   bool gossip_ = true;  // false: a plain exchange (no mixing, caller-owned buffers)
   at::Tensor x_;
-  at::Tensor sent_;  // x_ itself, or its snapshot
+  at::Tensor sent_;    // exact: x_ itself or its snapshot; compressed: the encoded message
+  at::Tensor source_;  // compressed: what the sender thread encodes (x − x̂, or a copy of x)
+  at::Tensor acc_;     // Σ_j w_ij x_j (− Σ_j w_ij · snapshot), or Σ_j w_ij C_j: filled as messages arrive
+  at::Tensor own_;     // compressed: this rank's decoded message C_i
   std::vector<at::Tensor> received_;
   std::vector<at::Tensor> exchange_sends_;
+  std::vector<at::Tensor> scatter_;  // after mixing, x is copied back into these, in order
+  std::shared_ptr<Completion> completion_;
   std::vector<int> recv_peers_, send_peers_;
   // Compressed rounds: the codec, CHOCO state (caller-owned), message seeds (own, then per in-edge).
   CompressionOptions compression_;
@@ -72,16 +104,18 @@ class Round {
   std::chrono::steady_clock::time_point posted_;
   std::mutex mu_;
   std::condition_variable cv_;
+  bool sends_posted_ = false;  // compressed: the sender thread encoded and posted the message
   bool done_ = false;
   bool waited_ = false;
   bool finished_ = false;
+  bool corrupt_ = false;  // error_ is a corrupted message (CorruptMessageError), not a transport failure
   std::string error_;
 };
 
 class GossipEngine {
  public:
   // `backend` is the Gloo backend of the group torch.distributed created; `rank` is this process's
-  // rank in it. Starts one worker thread.
+  // rank in it. Starts two threads: the worker and the sender.
   GossipEngine(c10::intrusive_ptr<c10d::Backend> backend,
                std::shared_ptr<topology::Topology> topology, EngineOptions options);
   ~GossipEngine();
@@ -96,12 +130,21 @@ class GossipEngine {
   // Posts every send and receive of one round to the neighbours of `step` and returns at once.
   // Every rank must start its rounds in the same order (as for collectives). Raises PeerError if an
   // earlier round failed: after a transport failure the group is unusable.
-  std::shared_ptr<Round> start(const at::Tensor& x, const RoundOptions& options);
-  // Posts one compressed round of a static topology: encodes C(x − x̂) (CHOCO) or C(x) (naive),
-  // sends it, receives the neighbours' messages. finish() validates every message, then updates
-  // x̂ += C_i, s += Σ_{j∈N(i)∪{i}} w_ij C_j and x += γ (s − x̂). x, x̂, s: float32, same size.
+  // `scatter`/`completion`: see finish_on_worker below.
+  std::shared_ptr<Round> start(const at::Tensor& x, const RoundOptions& options,
+                               std::vector<at::Tensor> scatter = {}, std::shared_ptr<Completion> completion = {});
+  // Posts one compressed round: copies x − x̂ (CHOCO) or x (naive); the sender
+  // thread encodes and sends it; the worker validates and decodes each neighbour's message as it
+  // arrives. finish() then updates x̂ += C_i, s += Σ_{j∈N(i)∪{i}} w_ij C_j and x += γ (s − x̂) in one
+  // pass; a corrupted message leaves x, x̂, s untouched. x, x̂, s: float32, same size. On a
+  // time-varying topology the caller passes the (x̂, s) of the round's phase (GossipContext.choco_key).
+  //
+  // With a `completion`, the worker finishes the round itself (mixes x, copies it into `scatter`,
+  // then counts the round done on the completion); the caller must not finish() it.
   std::shared_ptr<Round> start_compressed(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& s,
-                                          const RoundOptions& options, const CompressionOptions& compression);
+                                          const RoundOptions& options, const CompressionOptions& compression,
+                                          std::vector<at::Tensor> scatter = {},
+                                          std::shared_ptr<Completion> completion = {});
   // Posts a point-to-point exchange: sends[k].second to rank sends[k].first, and receives from
   // recvs[k].first into recvs[k].second (caller-owned). Complete it with wait() or finish().
   std::shared_ptr<Round> exchange(const std::vector<std::pair<int, at::Tensor>>& sends,
@@ -109,10 +152,12 @@ class GossipEngine {
   // Blocks until every message of the round arrived; raises PeerError naming the neighbour that
   // failed or timed out. Idempotent; does not mix.
   void wait(const std::shared_ptr<Round>& round);
-  // The neighbours' tensors of a waited gossip round, in the order of the row's in-edges.
+  // The neighbours' tensors of a waited gossip round started with keep_received, in the order of
+  // the row's in-edges.
   std::vector<at::Tensor> received(const std::shared_ptr<Round>& round);
-  // wait(), then for a gossip round mix in place: x ← x + γ Σ_j w_ij (x_j − base), base = x, or the
-  // snapshot taken at start. Releases the round's buffers.
+  // wait(), then for a gossip round mix in place, one pass over x: x ← x + γ Σ_j w_ij (x_j − base),
+  // base = x, or the snapshot taken at start. Releases the round's buffers. Raises PeerError, or
+  // CorruptMessage for a compressed round whose message failed validation.
   void finish(const std::shared_ptr<Round>& round);
 
   EngineStats stats() const;
@@ -127,13 +172,23 @@ class GossipEngine {
  private:
   // Refuses new rounds after a failure, gives the round its tag; returns the current topology.
   std::shared_ptr<topology::Topology> open_round(Round& round);
+  // Posts the receives, and the sends unless the sender thread encodes the message first.
   void post(const std::shared_ptr<Round>& round);
+  void check_scatter(const at::Tensor& x, const std::vector<at::Tensor>& scatter) const;
+  void sender_loop();
+  void encode_and_send(Round& round);
   void worker_loop();
   void wait_round(Round& round);
+  // Worker side: folds message j into the round's accumulator (throws CorruptMessage).
+  void accumulate(Round& round, size_t j);
+  // The mixing pass over x (and scatter), on whichever thread finishes the round.
+  void mix(Round& round);
+  void account(const Round& round);
+  void release_round(Round& round);
+  void fail(const std::shared_ptr<Round>& round, const std::string& error);
   // Receive and snapshot buffers are reused across rounds: warm pages, no allocation per round.
   at::Tensor acquire(const at::Tensor& like);
   at::Tensor acquire(int64_t numel, at::ScalarType dtype);
-  void finish_compressed(Round& round);
   void release(std::vector<at::Tensor>& buffers);
   // Frees the rounds the worker has finished with, on the calling thread (never on the worker).
   void drain_retired();
@@ -153,13 +208,15 @@ class GossipEngine {
   uint32_t next_tag_ = 0;
   std::vector<at::Tensor> pool_;
 
-  std::mutex queue_mu_;
+  std::mutex queue_mu_;  // guards the two queues, retired_ and stop_
   std::condition_variable queue_cv_;
-  std::deque<std::shared_ptr<Round>> queue_;
+  std::deque<std::shared_ptr<Round>> queue_;       // rounds the worker waits for, in start order
+  std::deque<std::shared_ptr<Round>> send_queue_;  // compressed rounds the sender encodes, in order
   std::vector<std::shared_ptr<Round>> retired_;  // waited by the worker; freed by drain_retired()
   bool stop_ = false;
   bool closed_ = false;  // guarded by mu_
-  std::thread worker_;
+  std::thread sender_;  // encodes compressed messages and posts their sends
+  std::thread worker_;  // waits for each round's messages, accumulating them as they arrive
 };
 
 }  // namespace saddle::torch_ext

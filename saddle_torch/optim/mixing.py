@@ -37,6 +37,7 @@ class Gossip(Phase):
                 inplace=True,
                 snapshot=snapshot,
                 compression=cfg.compression or Compression.none,  # None: exact, not the context default
+                keep_received=cfg.algorithm.cross,  # NGM computes cross-gradients on the received models
             )
 
     @override

@@ -225,10 +225,11 @@ class _DistributedOptimizer:
             "step": rt.step,
             "phases": phases,
             "gossip_steps": {k.name(): rt.ctx.step_of(rt.name(k)) for k in rt.flat.buffers},
-            "choco": {  # copies: later rounds update the live state in place
-                k.name(): tuple(t.clone() for t in rt.ctx.choco.get(rt.name(k)))
+            "choco": {  # copies: later rounds update the live state in place; one per phase
+                k.name() + key[len(rt.name(k)) :]: tuple(t.clone() for t in rt.ctx.choco.get(key))
                 for k in rt.flat.buffers
-                if rt.ctx.choco.has(rt.name(k))
+                for key in rt.ctx.choco_keys(rt.name(k))
+                if rt.ctx.choco.has(key)
             },
         }
         return sd
@@ -264,10 +265,11 @@ class _DistributedOptimizer:
             if name not in by_name:
                 raise ValueError(f"checkpoint buffer {name} does not exist in this model")
             rt.ctx.set_step(rt.name(by_name[name]), int(step))
-        for name, state in extra.get("choco", {}).items():
+        for key, state in extra.get("choco", {}).items():
+            name, _, phase = key.partition("@")  # "buffer" or "buffer@phase<k>" (time-varying topology)
             if name not in by_name:
                 raise ValueError(f"checkpoint CHOCO state {name} does not exist in this model")
-            rt.ctx.choco.set(rt.name(by_name[name]), *state)
+            rt.ctx.choco.set(rt.name(by_name[name]) + (f"@{phase}" if phase else ""), *state)
 
 
 def _phases(rt: SaddleRuntime, optimizer: torch.optim.Optimizer) -> list[Phase]:

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 
 #include "core/mixing.h"
@@ -102,6 +103,54 @@ TEST(Mixing, ChocoStepIsExactWhenPublicCopiesAgree) {
   h = {0.0f, 0.0f, 0.0f};
   choco_step<float>(x.data(), s.data(), h.data(), 0.5, 0, 3);
   for (int i = 0; i < 3; ++i) EXPECT_FLOAT_EQ(x[i], x0[i] + 0.5f * s[i]);
+}
+
+}  // namespace
+}  // namespace saddle::mixing
+
+namespace saddle::mixing {
+namespace {
+
+// The engine's per-message accumulation followed by one pass over x must equal the blocked mix.
+TEST(Mixing, AccumulateThenApplyEqualsMix) {
+  const size_t n = 37;
+  std::vector<double> x(n), s(n), y0(n), y1(n), y2(n);
+  for (size_t k = 0; k < n; ++k) {
+    x[k] = std::sin(0.3 * k);
+    s[k] = std::cos(0.7 * k);
+    y0[k] = 0.1 * k;
+    y1[k] = -0.05 * k + 1;
+    y2[k] = std::sin(1.1 * k + 2);
+  }
+  topology::Row row;
+  row.self_weight = 0.4;
+  row.in = {{3, 0.3}, {5, 0.2}, {7, 0.1}};
+  const double gamma = 0.8;
+  const double total = 0.6;
+  const double* ys[] = {y0.data(), y1.data(), y2.data()};
+  for (bool snapshot : {false, true}) {
+    std::vector<double> want = x, got = x, acc(n);
+    mix<double>(want.data(), snapshot ? s.data() : nullptr, ys, gossip_coefficients(row, gamma, snapshot), 0, n);
+    accumulate_first<double>(acc.data(), y0.data(), 0.3, snapshot ? s.data() : nullptr, -total, 0, n);
+    accumulate<double>(acc.data(), y1.data(), 0.2, 0, n);
+    accumulate<double>(acc.data(), y2.data(), 0.1, 0, n);
+    apply<double>(got.data(), acc.data(), snapshot ? 1.0 : 1.0 - gamma * total, gamma, 0, n);
+    for (size_t k = 0; k < n; ++k) EXPECT_NEAR(got[k], want[k], 1e-12) << "snapshot=" << snapshot << " k=" << k;
+  }
+}
+
+TEST(Mixing, ChocoFinishEqualsTheSteps) {
+  std::vector<float> x{1.5f, -2.0f}, s{0.25f, 0.5f}, h{0.125f, -0.5f}, d{0.5f, 0.25f}, acc{0.75f, -1.0f};
+  std::vector<float> wx = x, ws = s, wh = h;
+  for (int i = 0; i < 2; ++i) {
+    wh[i] += d[i];
+    ws[i] += acc[i];
+  }
+  choco_step<float>(wx.data(), ws.data(), wh.data(), 0.5, 0, 2);
+  choco_finish<float>(x.data(), s.data(), h.data(), d.data(), acc.data(), 0.5, 0, 2);
+  EXPECT_EQ(x, wx);
+  EXPECT_EQ(s, ws);
+  EXPECT_EQ(h, wh);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from datetime import timedelta
 
 import pytest
@@ -82,6 +83,36 @@ def _train(rank: int, world: int, compression: str) -> dict:
     )
     losses = ddp_losses(ddp, rank)
     return {"start": sum(losses[:5]) / 5, "end": sum(losses[-5:]) / 5, "stats": st.stats()}
+
+
+def _hook_returns_before_the_neighbours_send(rank: int, world: int) -> dict:
+    st.init(topology="ring", timeout=timedelta(seconds=60))
+    ddp = nn.parallel.DistributedDataParallel(_model())
+    seen: list[bool] = []
+
+    def hook(state, bucket):  # noqa: ANN001, ANN202 - DDP rejects the string annotations of this module
+        fut = st.hooks.gossip_hook(state, bucket)
+        seen.append(fut.done())
+        return fut
+
+    ddp.register_comm_hook(st.hooks.GossipHookState(), hook)
+    for step in range(3):  # names are registered (collectively) in the first two iterations
+        seen.clear()
+        x, y = _data(rank, 16, step)
+        if step == 2 and rank == 1:
+            time.sleep(1.5)  # rank 0's round cannot complete before rank 1 sends
+        ddp.zero_grad()
+        t0 = time.perf_counter()
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        backward = time.perf_counter() - t0
+    return {"done_at_return": seen, "backward_s": backward}
+
+
+def test_gossip_hook_returns_a_pending_future_that_the_engine_completes() -> None:
+    """The hook posts the rounds and returns; the engine's worker mixes and completes the future."""
+    res = run_ranks(_hook_returns_before_the_neighbours_send, 4, timeout=180)
+    assert res[0]["done_at_return"] and not any(res[0]["done_at_return"]), res[0]
+    assert res[0]["backward_s"] > 1.0, res[0]  # DDP waited for the future, i.e. for rank 1's message
 
 
 def test_unmodified_ddp_loop_trains_with_the_gossip_hook() -> None:
