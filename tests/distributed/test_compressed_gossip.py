@@ -144,12 +144,14 @@ def test_optimizer_primes_choco_at_construction_only_for_a_common_model(same) ->
 
 
 # --- CHOCO state: checkpoints, topology changes, divergence, the backend's buffers ------------------
-def _choco_phase(rank: int, world: int, path: str, start: int, stop: int, mode: str) -> list | None:
+def _choco_phase(
+    rank: int, world: int, path: str, start: int, stop: int, mode: str, topology: str = "ring"
+) -> list | None:
     import os
 
     import torch.distributed as dist
 
-    st.init(topology="ring", timeout=timedelta(seconds=60))
+    st.init(topology=topology, timeout=timedelta(seconds=60))
     torch.manual_seed(rank)  # different models: CHOCO starts from 0 and its state matters
     model = torch.nn.Linear(6, 3)
     opt = st.DistributedOptimizer(
@@ -176,17 +178,28 @@ def _choco_phase(rank: int, world: int, path: str, start: int, stop: int, mode: 
         st.save_checkpoint(path, model, opt)
         dist.barrier()
         os._exit(0)
+    ctx = st.context.current()
     name = opt.saddle.name(next(iter(opt.saddle.flat.buffers)))
-    return [p.detach().clone() for p in model.parameters()] + list(st.context.current().choco.get(name))
+    states = [t for key in ctx.choco_keys(name) for t in ctx.choco.get(key)]  # one (x̂, s) per phase
+    return [p.detach().clone() for p in model.parameters()] + states
 
 
-def test_choco_state_survives_checkpoint_kill_resume_bit_for_bit(tmp_path) -> None:
+@pytest.mark.parametrize("topology", ["ring", "one_peer_exponential"])
+def test_choco_state_survives_checkpoint_kill_resume_bit_for_bit(tmp_path, topology: str) -> None:
     world, path = 4, str(tmp_path / "ckpt-{rank}.pt")
-    straight = run_ranks(_choco_phase, world, path, 0, 6, "run")
+    straight = run_ranks(_choco_phase, world, path, 0, 6, "run", topology)
     run_ranks(
-        _choco_phase, world, path, 0, 3, "save-and-die", allow_missing=set(range(world)), wait_for_exit=True
+        _choco_phase,
+        world,
+        path,
+        0,
+        3,
+        "save-and-die",
+        topology,
+        allow_missing=set(range(world)),
+        wait_for_exit=True,
     )
-    resumed = run_ranks(_choco_phase, world, path, 3, 6, "run")
+    resumed = run_ranks(_choco_phase, world, path, 3, 6, "run", topology)
     for rank in range(world):
         assert straight[rank][-2].abs().sum() > 0  # x̂ moved away from its zero start
         for a, b in zip(straight[rank], resumed[rank], strict=True):
