@@ -7,7 +7,7 @@ STAMP := $(BUILD)/.installed
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all install deps native core-test py-test test demo bench study study-ablation fuzz lint format clean
+.PHONY: all install deps native core-test py-test test demo bench bench-cluster study study-ablation fuzz lint format clean
 
 all: install
 
@@ -45,6 +45,11 @@ demo: install
 bench: install
 	$(PYTHON) bench/gossip.py
 	$(PYTHON) bench/step.py
+
+# DDP (+ SAM, fp16, PowerSGD) against gossip on an emulated 8-rank cluster: network namespaces, links
+# shaped with tc tbf (needs root; about 35 minutes). Results: runs/cluster/results.md, tta.png.
+bench-cluster: install
+	$(PYTHON) bench/cluster.py --out runs/cluster
 
 # The learning-quality study (Fashion-MNIST from Debian's dataset-fashion-mnist; about 85 minutes on
 # 2 cores) and its ρ / order ablation (about 10 minutes). Results: docs/RESULTS.md.

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers: :mod:`saddle_torch.testing.cluster` emulates a cluster on one machine."""
