@@ -48,8 +48,10 @@ bench: install
 
 # DDP (+ SAM, fp16, PowerSGD) against gossip on an emulated 8-rank cluster: network namespaces, links
 # shaped with tc tbf (needs root; about 35 minutes). Results: runs/cluster/results.md, tta.png.
+# The emulated cluster (root, ip, tc: network namespaces and tbf links; about 40 minutes on 2 cores).
 bench-cluster: install
 	$(PYTHON) bench/cluster.py --out runs/cluster
+	$(PYTHON) bench/straggler.py --out runs/straggler
 
 # The learning-quality study (Fashion-MNIST from Debian's dataset-fashion-mnist; about 85 minutes on
 # 2 cores) and its ρ / order ablation (about 10 minutes). Results: docs/RESULTS.md.
