@@ -57,7 +57,8 @@ from saddle_torch.testing import cluster as emu  # noqa: E402
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TIMEOUT = timedelta(seconds=1800)
 TOPOLOGIES = {"ring": "ring", "exp": "exponential", "ope": "one_peer_exponential"}
-CODECS = {"int8": "int8", "topk": "topk:0.125"}  # both ~4× fewer bytes than fp32 (3.94×, 4.00×)
+# int8 and topk: ~4× fewer bytes than fp32 (3.94×, 4.00×); q4 = qsgd:4, 7.76×.
+CODECS = {"int8": "int8", "topk": "topk:0.125", "q4": "qsgd:4"}
 DDP_ROWS = {
     "ddp-sam": "DDP + SAM (Gloo all-reduce)",
     "ddp-sam-fp16": "DDP + SAM + fp16_compress_hook",
@@ -76,6 +77,7 @@ GOSSIP_ROWS = [
     "qs-awc-ring-int8",
     "qs-awc-ring-topk",
     "qs-awc-ope-int8",
+    "qs-awc-ope-q4",
 ]
 ALL_ROWS = [*DDP_ROWS, *GOSSIP_ROWS]
 TTA_ROWS = [
@@ -89,6 +91,7 @@ TTA_ROWS = [
     "qs-awc-ring-int8",
     "qs-awc-ring-topk",
     "qs-awc-ope-int8",
+    "qs-awc-ope-q4",
 ]
 BASELINE = "ddp-sam"
 NOISY = ("The hostname of the client socket cannot be retrieved",)  # no reverse DNS in the namespaces
@@ -108,7 +111,7 @@ def _example(name: str) -> ModuleType:
 
 # --- rows -------------------------------------------------------------------------------------------
 def parse_row(key: str) -> tuple[str, str, str | None]:
-    """``qs-<awc|atc>-<ring|exp|ope>[-<int8|topk>]`` as ``(order, topology, codec spec)``.
+    """``qs-<awc|atc>-<ring|exp|ope>[-<int8|topk|q4>]`` as ``(order, topology, codec spec)``.
 
     Raises:
         ValueError: not a q-saddle row key.
