@@ -54,6 +54,9 @@ sys.path.insert(0, str(ROOT))  # the checkout's saddle_torch, whatever is instal
 import saddle_torch as st  # noqa: E402
 from saddle_torch.testing import cluster as emu  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from step import ddp_sam_step  # noqa: E402 - the same DDP + SAM step as bench/step.py
+
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TIMEOUT = timedelta(seconds=1800)
 TOPOLOGIES = {"ring": "ring", "exp": "exponential", "ope": "one_peer_exponential"}
@@ -209,6 +212,17 @@ class Rows:
     buffers when the row is dropped. The ``saddle`` group is made once (its context lives as long).
     """
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Rows:
+        """Rows of a launch spec (the JSON the parent writes for its workers)."""
+        return cls(
+            spec["rows"],
+            lr=spec["lr"],
+            rho=spec["rho"],
+            powersgd_rank=spec["powersgd_rank"],
+            cnn_width=spec["cnn_width"],
+        )
+
     def __init__(self, keys: list[str], *, lr: float, rho: float, powersgd_rank: int, cnn_width: int) -> None:
         self.lr, self.rho = lr, rho
         self.powersgd_rank = powersgd_rank
@@ -294,7 +308,7 @@ class Rows:
         if key.startswith("ddp-sam"):
 
             def step(x: torch.Tensor, y: torch.Tensor) -> None:
-                _ddp_sam_step(ddp, opt, x, y, self.rho)
+                ddp_sam_step(ddp, opt, x, y, self.rho)
 
         else:
 
@@ -306,27 +320,6 @@ class Rows:
         return Method(
             key, step, model, payload=payload, computed_bytes=computed, keep=[ddp, *keep], close=close
         )
-
-
-def _ddp_sam_step(
-    ddp: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, rho: float
-) -> None:
-    """SAM with DDP, as in bench/step.py: local first pass (no_sync), all-reduced second pass."""
-    opt.zero_grad()
-    with ddp.no_sync():
-        _loss(ddp, x, y).backward()
-    params = [p for p in ddp.parameters() if p.grad is not None]
-    with torch.no_grad():
-        norm = torch.norm(torch.stack([p.grad.norm() for p in params]))
-        es = [rho * p.grad / (norm + 1e-12) for p in params]
-        for p, e in zip(params, es, strict=True):
-            p.add_(e)
-    opt.zero_grad()
-    _loss(ddp, x, y).backward()
-    with torch.no_grad():
-        for p, e in zip(params, es, strict=True):
-            p.sub_(e)
-    opt.step()
 
 
 def _memory() -> str:
@@ -371,13 +364,7 @@ def worker_steps(spec: dict[str, Any]) -> None:
     """One launch: every model, every row, ``warmup + iters`` iterations; rank 0 writes the result."""
     st.init(topology="ring", timeout=TIMEOUT)
     rank = dist.get_rank()
-    rows = Rows(
-        spec["rows"],
-        lr=spec["lr"],
-        rho=spec["rho"],
-        powersgd_rank=spec["powersgd_rank"],
-        cnn_width=spec["cnn_width"],
-    )
+    rows = Rows.from_spec(spec)
     out: dict[str, Any] = {}
     for model_name in spec["models"]:
         params = sum(p.numel() for p in build_model(model_name, cnn_width=spec["cnn_width"]).parameters())
@@ -499,13 +486,7 @@ def worker_tta(spec: dict[str, Any]) -> None:
     sampler = part.sampler(rank, seed=0)
     lo, hi = rank * len(test_y) // n, (rank + 1) * len(test_y) // n
     my_test = (test_x[lo:hi], test_y[lo:hi])
-    rows = Rows(
-        spec["rows"],
-        lr=spec["lr"],
-        rho=spec["rho"],
-        powersgd_rank=spec["powersgd_rank"],
-        cnn_width=spec["cnn_width"],
-    )
+    rows = Rows.from_spec(spec)
     eval_model = build_model("mlp", cnn_width=spec["cnn_width"])
     book = dist.new_group(backend="gloo", timeout=TIMEOUT)  # the clock and the evaluation, apart from DDP's
     out: dict[str, Any] = {"partition_sizes": part.sizes(), "rows": {}}

@@ -50,6 +50,31 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 
 
+def ddp_sam_step(
+    ddp: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, rho: float
+) -> None:
+    """SAM with DDP as SAM+DDP code does it (also used by bench/cluster.py).
+
+    A local first pass (``no_sync``), the perturbation from this rank's gradient, then the all-reduced
+    second pass at the perturbed point.
+    """
+    opt.zero_grad()
+    with ddp.no_sync():
+        _loss(ddp, x, y).backward()
+    params = [p for p in ddp.parameters() if p.grad is not None]
+    with torch.no_grad():
+        norm = torch.norm(torch.stack([p.grad.norm() for p in params]))
+        es = [rho * p.grad / (norm + 1e-12) for p in params]
+        for p, e in zip(params, es, strict=True):
+            p.add_(e)
+    opt.zero_grad()
+    _loss(ddp, x, y).backward()
+    with torch.no_grad():
+        for p, e in zip(params, es, strict=True):
+            p.sub_(e)
+    opt.step()
+
+
 def _methods(rank: int, lr: float) -> dict[str, Callable[[torch.Tensor, torch.Tensor], None]]:
     methods: dict[str, Callable] = {}
 
@@ -88,23 +113,8 @@ def _methods(rank: int, lr: float) -> dict[str, Callable[[torch.Tensor, torch.Te
     m_ddp = nn.parallel.DistributedDataParallel(small_cnn())
     o_ddp = torch.optim.SGD(m_ddp.parameters(), lr=lr, momentum=0.9)
 
-    def ddp_sam(x, y, rho=0.05):
-        # First pass local (no_sync): the perturbation uses this rank's gradient, as in SAM+DDP code.
-        o_ddp.zero_grad()
-        with m_ddp.no_sync():
-            _loss(m_ddp, x, y).backward()
-        params = [p for p in m_ddp.parameters() if p.grad is not None]
-        with torch.no_grad():
-            norm = torch.norm(torch.stack([p.grad.norm() for p in params]))
-            es = [rho * p.grad / (norm + 1e-12) for p in params]
-            for p, e in zip(params, es, strict=True):
-                p.add_(e)
-        o_ddp.zero_grad()
-        _loss(m_ddp, x, y).backward()  # all-reduced gradient at the perturbed point
-        with torch.no_grad():
-            for p, e in zip(params, es, strict=True):
-                p.sub_(e)
-        o_ddp.step()
+    def ddp_sam(x, y):
+        ddp_sam_step(m_ddp, o_ddp, x, y, rho=0.05)
 
     methods["DDP + SAM (all-reduce)"] = ddp_sam
 
