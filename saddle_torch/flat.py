@@ -120,14 +120,65 @@ class FlatParameters:
                 view.copy_(grad)
             p.grad = view
 
+    def moved(self) -> list[torch.Tensor]:
+        """The parameters that no longer live in their buffer (``model.to()``, ``p.data = ...``)."""
+        return [p for p, ptr in self._param_ptrs if p.data_ptr() != ptr]
+
+    def layout_changed(self) -> bool:
+        """Whether a parameter now has another dtype, device or shape than its buffer slot.
+
+        Then :meth:`repoint` cannot bring it back and the buffers must be built again.
+        """
+        return any(
+            p.dtype != key.dtype or p.device != key.device or p.shape != view.shape
+            for key, buf in self.buffers.items()
+            for p, view in self._views(key, buf)
+        )
+
+    def repoint(self) -> int:
+        """Bring moved parameters back into their buffer slots, keeping their current values.
+
+        Frameworks move models after the optimizer was built (Hugging Face ``Trainer`` and accelerate
+        call ``model.to(device)``, which copies every parameter even to the device it is on); the
+        parameter objects stay the same, only their storage changes. Each moved parameter's value is
+        copied into its slot and ``.data`` points at the slot again.
+
+        Returns:
+            the number of parameters re-pointed.
+
+        Raises:
+            RuntimeError: a parameter changed dtype, device or shape (:meth:`layout_changed`).
+        """
+        if self.layout_changed():
+            raise RuntimeError(
+                "a parameter changed dtype, device or shape after FlatParameters was built; build "
+                "FlatParameters again"
+            )
+        moved = {id(p) for p in self.moved()}
+        if not moved:
+            return 0
+        with torch.no_grad():
+            for key, buf in self.buffers.items():
+                for p, view in self._views(key, buf):
+                    if id(p) in moved:
+                        view.copy_(p.data)
+                        p.data = view
+        # The move also replaced the storage of each gradient view in place (``grad.data = copy``):
+        # those view objects no longer view the buffer. Fresh views take the values over.
+        self._grad_views = [
+            (p, view) for key, gbuf in self.grad_buffers.items() for p, view in self._views(key, gbuf)
+        ]
+        self.attach_grads()
+        return len(moved)
+
     def check(self) -> None:
         """Raise ``RuntimeError`` if a parameter no longer lives in its buffer (e.g. after ``model.to()``)."""
-        for p, ptr in self._param_ptrs:
-            if p.data_ptr() != ptr:
-                raise RuntimeError(
-                    "a parameter no longer lives in the flat buffer (was the model moved with .to() "
-                    "or were parameters replaced?); create FlatParameters after moving the model"
-                )
+        if self.moved():
+            raise RuntimeError(
+                "a parameter no longer lives in the flat buffer (was the model moved with .to() "
+                "or were parameters replaced?); call repoint(), or create FlatParameters after moving "
+                "the model"
+            )
 
 
 __all__ = ["BufferKey", "FlatParameters"]

@@ -31,6 +31,7 @@ from saddle_torch.optim.direction import LocalStep
 from saddle_torch.optim.mixing import ExactAverage, Gossip
 from saddle_torch.optim.ngm import CrossGradients
 from saddle_torch.optim.qgm import check_optimizer, qgm_direction
+from saddle_torch.optim.replay import MicroBatches
 from saddle_torch.optim.sam import BatchNormSnapshot, Sam, batchnorm_layers
 from saddle_torch.optim.step import Closure, Phase, StepRun
 
@@ -74,6 +75,9 @@ class SaddleRuntime:
     bn: BatchNormSnapshot | None = None  # taken by first_step(), restored by second_step()
     run: StepRun | None = None  # the step in progress
     source: Any = None  # weakref to the optimizer that was wrapped (LR schedulers may hold it)
+    # Frameworks that call step() without a closure (the Hugging Face Trainer) record each
+    # micro-batch here; step() then evaluates the loss again through them (saddle_torch.hf).
+    replay: MicroBatches | None = None
 
     def mark_stepped(self) -> None:
         """Tell LR schedulers a step happened (they check ``_opt_called`` on the object they hold)."""
@@ -127,6 +131,8 @@ class _DistributedOptimizer:
         """
         rt = self._saddle
         alg = rt.config.algorithm
+        if closure is None and rt.replay is not None and len(rt.replay):
+            closure = rt.replay.closure()
         if closure is None and alg.needs_closure:
             raise ValueError(
                 f"algorithm {alg.name!r} evaluates the loss more than once per step: call "
@@ -139,6 +145,7 @@ class _DistributedOptimizer:
                     "after the second"
                 )
             )
+        follow_model(rt)
         if closure is None:
             rt.flat.attach_grads()
         run = seq.begin(rt)
@@ -149,6 +156,9 @@ class _DistributedOptimizer:
         except BaseException as exc:
             seq.abort(rt, exc)
             raise
+        finally:
+            if rt.replay is not None:
+                rt.replay.clear()
         rt.mark_stepped()
         return loss
 
@@ -166,6 +176,7 @@ class _DistributedOptimizer:
                 f"first_step()/second_step() are for SAM algorithms without cross-gradients; "
                 f"{alg.name!r} needs " + ("step(closure)" if alg.cross else "step()")
             )
+        follow_model(rt)
         rt.flat.attach_grads()
         seq.begin(rt)
         try:
@@ -400,14 +411,9 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     opt.__dict__.update(state)
     flat = FlatParameters(opt.param_groups)
     rt = SaddleRuntime(cfg, ctx, model, flat, base, optimizer=opt, prefix=ctx.new_prefix("opt"))
-    rt.x_prev = {key: torch.zeros_like(x) for key, x in flat.buffers.items()}
     rt.bn_layers = batchnorm_layers(model)
     rt.bn_frozen = [] if bn_second_pass else rt.bn_layers
-    rt.phases = _phases(rt, opt)
-    for key, x in flat.buffers.items():
-        ctx.register(rt.name(key), x, comp)  # collective: same model layout and codec on every rank
-        if comp is not None:  # collective: start CHOCO at the common initial model (atc needs it here)
-            ctx.prime_choco(rt.name(key), x)
+    _build(rt, opt, flat)
     _warn_if_ranks_differ(ctx, flat)
     if comp is not None and gamma == "auto":
         ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
@@ -415,6 +421,51 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     _redirect_step(optimizer, opt)
     opt._saddle = rt
     return opt
+
+
+def _build(rt: SaddleRuntime, opt: torch.optim.Optimizer, flat: FlatParameters) -> None:
+    """Set up everything that lives on the flat buffers: x_prev, the phases, the gossip names.
+
+    Collective: registers every buffer (same layout and codec on every rank) and, with compression,
+    starts CHOCO at the common initial model (ATC needs it before the first step).
+    """
+    rt.flat = flat
+    rt.x_prev = {key: torch.zeros_like(x) for key, x in flat.buffers.items()}
+    rt.sam = rt.cross = None
+    rt.phases = _phases(rt, opt)
+    comp = rt.config.compression
+    for key, x in flat.buffers.items():
+        rt.ctx.register(rt.name(key), x, comp)
+        if comp is not None:
+            rt.ctx.prime_choco(rt.name(key), x)
+
+
+def follow_model(rt: SaddleRuntime) -> None:
+    """Make the flat buffers hold the parameters again after the model was moved (at a step's start).
+
+    A move to the same device and dtype (Hugging Face ``Trainer``/accelerate's ``model.to(device)``
+    copies every parameter) is followed transparently: values are copied back into the buffers,
+    which keeps all optimizer and gossip state. A move to another device or dtype before the first
+    step rebuilds the buffers and the algorithm's state (collective: every rank must have moved
+    its model the same way, which frameworks do).
+
+    Raises:
+        RuntimeError: the parameters changed device, dtype or shape after steps were taken (their
+            momentum and gossip state live on the old buffers); move the model before training.
+    """
+    flat = rt.flat
+    if not flat.moved() and not flat.layout_changed():
+        return
+    if not flat.layout_changed():
+        flat.repoint()
+        return
+    if rt.step > 0 or rt.run is not None:
+        raise RuntimeError(
+            f"the model's parameters moved to another device or dtype after {rt.step} step(s) of "
+            "DistributedOptimizer; its momentum and gossip state live on the old buffers. Move the model "
+            "(model.to(...)) before the first step, or wrap the optimizer after moving it"
+        )
+    _build(rt, rt.optimizer, FlatParameters(rt.optimizer.param_groups))
 
 
 def _warn_if_ranks_differ(ctx: GossipContext, flat: FlatParameters) -> None:

@@ -71,3 +71,33 @@ def test_one_buffer_per_param_group() -> None:
     assert [k.group for k in flat.buffers] == [0, 1]
     assert [k.name() for k in flat.buffers] == ["params/0/float32/cpu", "params/1/float32/cpu"]
     assert flat.buffers[next(iter(flat.buffers))].numel() == sum(p.numel() for p in model[0].parameters())
+
+
+def test_repoint_brings_moved_parameters_back_with_their_values() -> None:
+    model = _model()
+    flat = FlatParameters(model)
+    (buf,) = flat.buffers.values()
+    x = torch.randn(5, 1, 8, 8)
+    model(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.to("cpu:0")  # copies every parameter (and gradient), as Hugging Face's Trainer does
+    assert len(flat.moved()) == len(list(model.parameters())) and not flat.layout_changed()
+    with torch.no_grad():
+        model[3].bias.add_(1.0)  # changed after the move: the new value must be kept
+    expected = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert flat.repoint() == len(grads)
+    assert not flat.moved() and torch.equal(buf, expected)
+    buf.mul_(0)  # views again: the model sees writes to the buffer
+    assert all(torch.count_nonzero(p) == 0 for p in model.parameters())
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert torch.equal(p.grad, g) and p.grad.data_ptr() != g.data_ptr()
+    assert flat.repoint() == 0
+
+
+def test_repoint_refuses_a_change_of_dtype() -> None:
+    model = _model()
+    flat = FlatParameters(model)
+    model.double()
+    assert flat.layout_changed()
+    with pytest.raises(RuntimeError, match="changed dtype, device or shape"):
+        flat.repoint()

@@ -273,3 +273,80 @@ def test_cross_gradients_refuse_compression() -> None:
         st.DistributedOptimizer(
             torch.optim.SGD(m.parameters(), lr=0.1), m, algorithm="n-saddle", compression="int8"
         )
+
+
+def _moved_run(move: bool, algorithm: str) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = st.DistributedOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), model, algorithm=algorithm)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for _ in range(4):
+        if move:
+            model.to("cpu:0")  # what Hugging Face's Trainer does after the optimizer was built
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("algorithm", ["q-saddle", "dsgd"])
+def test_a_model_moved_after_wrapping_trains_bit_for_bit_as_one_never_moved(algorithm: str) -> None:
+    for a, b in zip(_moved_run(True, algorithm), _moved_run(False, algorithm), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_dtype_change_before_the_first_step_rebuilds_and_after_it_raises() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = st.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, algorithm="sam-dsgd")
+    model.double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 2, (8,))
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    before = model.weight.detach().clone()
+    opt.step(closure)
+    assert {k.dtype for k in opt.saddle.flat.buffers} == {torch.float64}
+    assert not opt.saddle.flat.moved() and not torch.equal(model.weight, before)
+    model.float()
+    with pytest.raises(RuntimeError, match="after 1 step"):
+        opt.step(closure)
+
+
+def test_micro_batches_closure_replays_every_micro_batch_after_the_first_call() -> None:
+    from saddle_torch.optim.replay import MicroBatches
+
+    torch.manual_seed(0)
+    w = torch.randn(5, requires_grad=True)
+    xs = [torch.randn(4, 5) for _ in range(3)]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        loss = (x @ w).pow(2).mean() / len(xs)
+        loss.backward()
+        return loss
+
+    def zero() -> None:
+        w.grad = None
+
+    big = sum((x @ w).pow(2).mean() for x in xs) / len(xs)
+    (expected,) = torch.autograd.grad(big, w)
+    micro = MicroBatches(zero)
+    first = [run(xs[0]), run(xs[1])]
+    for x, loss in zip(xs[:2], first, strict=True):
+        micro.add(lambda x=x: run(x), loss)
+    closure = micro.closure(pending=lambda: run(xs[2]))
+    assert torch.allclose(closure(), big) and torch.allclose(w.grad, expected)  # first pass completed
+    with torch.no_grad():
+        w.add_(0.1)  # a SAM perturbation: the next evaluation is the whole batch's gradient there
+    big = sum((x @ w).pow(2).mean() for x in xs) / len(xs)
+    (expected,) = torch.autograd.grad(big, w)
+    assert torch.allclose(closure(), big) and torch.allclose(w.grad, expected)
