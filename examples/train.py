@@ -5,7 +5,8 @@ r"""Decentralized training on a non-IID (Dirichlet or shard) split: every rank g
     torchrun --standalone --nproc_per_node=4 examples/train.py --dataset fashion-mnist --algorithm dsgd
     python examples/train.py --dataset digits            # a world of one
 
-Rank 0 writes ``log.json``, ``log.csv``, ``plot.png`` and ``model.pt`` (the averaged model) to ``--out``.
+Rank 0 writes ``log.json``, ``log.csv``, ``plot.png`` and ``model.pt`` (the averaged model) to ``--out``,
+and shows progress as a tqdm bar on a terminal, as one plain line per evaluation in a log (``--progress``).
 A driver can call :func:`run` with a list of flags on every rank instead.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -114,7 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--checkpoint", action="store_true", help="write <out>/ckpt/<rank>.pt after every epoch")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoints")
     a("--threads", type=int, default=1, help="intra-op threads per rank")
-    a("--no-progress", action="store_true", help="no progress bar")
+    a(
+        "--progress",
+        choices=("auto", "bar", "lines", "none"),
+        default="auto",
+        help="rank 0's progress: a tqdm bar, one plain line per evaluation, or nothing (auto: the bar when "
+        "stdout and stderr are terminals, lines otherwise)",
+    )
+    a("--no-progress", action="store_true", help="the same as --progress none")
     return p
 
 
@@ -147,6 +156,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # --- pieces ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def load_data(name: str, data_dir: str | None, download: bool) -> Any:
+    """``datasets.load``, once per process (the tensors are only read, never written).
+
+    A driver that calls :func:`run` for several configurations in one job (``examples/demo.py``) then
+    reads and decodes the files once per rank instead of once per run.
+    """
+    return datasets.load(name, data_dir, download)
+
+
 def init_gossip(topology: str) -> None:
     """``saddle_torch.init`` on the first call; later calls in the same job switch the topology."""
     if st.is_initialized():
@@ -204,6 +223,36 @@ def make_closure(
         return loss
 
     return closure
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """``"bar"``, ``"lines"`` or ``"none"``: what ``--progress`` (and ``--no-progress``) ask for.
+
+    ``auto`` draws tqdm's bar only when both stdout and stderr are terminals; in a log file or a CI
+    console its carriage-return updates would be one line per step, so it prints a line per evaluation.
+    """
+    if args.no_progress or args.progress == "none":
+        return "none"
+    if args.progress != "auto":
+        return args.progress
+    return "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines"
+
+
+def run_label(args: argparse.Namespace) -> str:
+    """The algorithm, with ``@codec`` when the gossip is compressed (``q-saddle@int8``)."""
+    return args.algorithm if args.compression == "none" else f"{args.algorithm}@{args.compression}"
+
+
+def progress_line(label: str, rec: dict[str, Any], total: int, seconds: float) -> str:
+    """One plain progress line for an evaluation record (the non-terminal form of the bar)."""
+    loss = "   -  " if rec["train_loss"] is None else f"{rec['train_loss']:6.3f}"
+    return (
+        f"{label} step {rec['step']:>{len(str(total))}}/{total} epoch {rec['epoch']:.2f} loss {loss} "
+        f"acc {100 * rec['test_acc_avg_model']:5.1f}% (averaged model), "
+        f"{100 * rec['test_acc_mean_rank']:5.1f}% (ranks, min {100 * rec['test_acc_min_rank']:5.1f}%) "
+        f"consensus {rec['consensus_distance']:.2e} sent {rec['mib_sent_per_rank']:.1f} MiB/rank "
+        f"{seconds:.0f} s"
+    )
 
 
 def learning_rate(args: argparse.Namespace, step: int, total: int) -> float:
@@ -447,7 +496,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     rank, n = st.rank(), st.size()
     wall_start = time.perf_counter()
 
-    train, test, num_classes, input_shape = datasets.load(args.dataset, args.data_dir, args.download)
+    train, test, num_classes, input_shape = load_data(args.dataset, args.data_dir, args.download)
     full_test = test
     if args.eval_samples:
         test = TensorDataset(*(t[: args.eval_samples] for t in test.tensors))
@@ -509,13 +558,9 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
 
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=total,
-        initial=step,
-        disable=rank != 0 or args.no_progress,
-        desc=args.algorithm,
-        dynamic_ncols=True,
-    )
+    label = run_label(args)
+    progress = progress_mode(args) if rank == 0 else "none"
+    bar = tqdm(total=total, initial=step, disable=progress != "bar", desc=label, dynamic_ncols=True)
     losses: list[float] = []
 
     def record(final: bool = False) -> None:
@@ -538,6 +583,8 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         records.append(rec)
         losses.clear()
         bar.set_postfix(acc=f"{rec['test_acc_avg_model']:.3f}", refresh=False)
+        if progress == "lines":
+            print(progress_line(label, rec, total, time.perf_counter() - wall_start), flush=True)
         if rank == 0:
             write_outputs(log, out, final=False)
 
@@ -591,7 +638,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         )
         f = log["final"]
         print(
-            f"{args.algorithm} on {title}: {step} steps, "
+            f"{label} on {title}: {step} steps, "
             f"averaged-model acc {100 * f['test_acc_avg_model']:.2f}%, "
             f"per-rank acc {100 * f['test_acc_mean_rank']:.2f}% (min {100 * f['test_acc_min_rank']:.2f}%), "
             f"consensus {f['consensus_distance']:.3g}, {f['mib_sent_per_rank']:.1f} MiB sent per rank, "

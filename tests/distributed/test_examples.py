@@ -1,9 +1,12 @@
-"""examples/train.py and examples/finetune.py, run for a few steps on 2 real ranks (digits, offline)."""
+"""examples/train.py, finetune.py and demo.py, run for a few steps on 2 real ranks (digits, offline)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -124,3 +127,106 @@ def _bad_resume(rank: int, world: int, out: str) -> str:
 def test_resume_rejects_other_configuration(tmp_path):
     results = run_ranks(_bad_resume, 2, str(tmp_path / "run"), timeout=120)
     assert "seed=0" in results[0] and "seed=5" in results[0]
+
+
+@pytest.mark.parametrize(
+    ("stdout_tty", "stderr_tty", "flags", "mode"),
+    [
+        (True, True, [], "bar"),
+        (False, True, [], "lines"),  # make demo > log
+        (True, False, [], "lines"),  # the bar would go to a redirected stderr
+        (False, False, [], "lines"),  # CI
+        (True, True, ["--no-progress"], "none"),
+        (False, False, ["--progress", "bar"], "bar"),
+    ],
+)
+def test_progress_mode_follows_the_terminal(monkeypatch, stdout_tty, stderr_tty, flags, mode):
+    train = _example("train")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: stdout_tty, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: stderr_tty, raising=False)
+    assert train.progress_mode(train.parse_args(flags)) == mode
+
+
+def test_demo_presets_and_configs():
+    demo = _example("demo")
+    args = demo.parse_args([])
+    assert args.dataset == "fashion-mnist" and args.alpha == 0.01 and args.nproc == 8
+    assert args.configs == ["dsgd", "qgm", "q-saddle", "q-saddle@int8"]
+    digits = demo.parse_args(["--dataset", "digits", "--alpha", "0.5"])
+    assert digits.alpha == 0.5 and digits.nproc == 4  # a flag given wins over the preset
+    assert demo.split_config("q-saddle@int8") == ("q-saddle", "int8") and demo.split_config("dsgd") == (
+        "dsgd",
+        "none",
+    )
+    flags = demo.train_flags("q-saddle@topk:0.12", args, ["--topology", "exponential"])
+    assert flags[flags.index("--compression") + 1] == "topk:0.12" and flags[-2:] == [
+        "--topology",
+        "exponential",
+    ]
+    assert flags[flags.index("--out") + 1].endswith("q-saddle_topk0.12")
+    assert _example("train").parse_args(flags).alpha == 0.01  # train.py accepts what the demo passes
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--configs", "q-saddle@"])
+
+
+def _demo_worker(rank: int, world: int, jobs: str) -> None:
+    _example("demo").worker(Path(jobs))
+
+
+def test_demo_runs_are_independent(tmp_path):
+    """Runs in one demo job do not share gossip state: int8's stochastic rounding restarts with each."""
+    flags = [*COMMON, "--algorithm", "q-saddle", "--compression", "int8", "--max-steps", "6", "--epochs", "1"]
+    jobs = {name: [*flags, "--out", str(tmp_path / name)] for name in ("first", "second")}
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_ranks(_demo_worker, 2, str(tmp_path / "jobs.json"), timeout=120)
+    first, second = (json.loads((tmp_path / n / "log.json").read_text())["records"] for n in jobs)
+    assert [r["step"] for r in first] == [0, 6]
+    for a, b in zip(first, second, strict=True):
+        assert {**a, "train_time_s": 0} == {**b, "train_time_s": 0}
+    assert first[-1]["consensus_distance"] > 0  # compressed gossip on 2 ranks does not average exactly
+
+
+DEMO_CONFIGS = ["dsgd", "qgm", "q-saddle", "q-saddle@int8"]
+
+
+def test_demo_compares_four_configurations(tmp_path):
+    """The demo end to end, tiny: 2 ranks, 7 steps per configuration, output piped (not a terminal)."""
+    out = tmp_path / "demo"
+    cmd = [
+        sys.executable,
+        str(EXAMPLES / "demo.py"),
+        "--dataset",
+        "digits",
+        "--nproc",
+        "2",
+        "--epochs",
+        "0.3",
+        "--eval-every",
+        "3",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["runs"]) == DEMO_CONFIGS
+    runs = summary["runs"]
+    # int8 messages are 3.9× smaller than fp32 ones; the same number of rounds ran.
+    assert 3.5 < runs["q-saddle"]["mib_sent_per_rank"] / runs["q-saddle@int8"]["mib_sent_per_rank"] < 4.1
+    assert runs["dsgd"]["mib_sent_per_rank"] == runs["q-saddle"]["mib_sent_per_rank"]
+    for config in DEMO_CONFIGS:
+        assert 0 <= runs[config]["test_acc_min_rank"] <= runs[config]["test_acc_mean_rank"] <= 1
+        assert runs[config]["step"] == 7
+        assert re.search(rf"^{re.escape(config)} +\d+\.\d\d% ", proc.stdout, re.M), config  # a table row
+        log = json.loads((demo_dir := out / config.replace("@", "_") / "log.json").read_text())
+        assert [r["step"] for r in log["records"]] == [0, 3, 6, 7], demo_dir
+    assert "q-saddle@int8 sent 3." in proc.stdout and "fewer bytes than q-saddle" in proc.stdout
+    assert (out / "summary.txt").read_text().strip() in proc.stdout
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Not a terminal: one plain line per evaluation, no tqdm bar redrawn with carriage returns.
+    assert "\r" not in proc.stdout and "\r" not in proc.stderr
+    assert "it/s" not in proc.stderr
+    for config in DEMO_CONFIGS:
+        progress = re.findall(rf"^{re.escape(config)} step +(\d+)/7 ", proc.stdout, re.M)
+        assert progress == ["0", "3", "6", "7"], config
