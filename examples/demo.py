@@ -1,6 +1,6 @@
 """``make demo``: what SADDLe is for: decentralized training on very non-IID data, compressed or not.
 
-    python examples/demo.py                    # Fashion-MNIST, Dirichlet α = 0.01, 8 ranks on a ring (5–10 min)
+    python examples/demo.py                    # Fashion-MNIST, Dirichlet α = 0.01, 8 ranks, ring (5-10 min)
     python examples/demo.py --dataset digits   # scikit-learn digits, α = 0.01, 4 ranks (the quick variant)
     python examples/demo.py --configs dsgd q-saddle --seed 1 -- --topology exponential
 
