@@ -5,6 +5,8 @@ library with its GoogleTest suite by CMakeLists.txt. Build with ``pip install --
 so the extension compiles against the torch already installed (an isolated build would fetch another).
 """
 
+import shutil
+import subprocess
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -17,6 +19,32 @@ def _sources() -> list[str]:
     core = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "core").rglob("*.cpp"))
     binding = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "torch").glob("*.cpp"))
     return core + binding
+
+
+class _Build(BuildExtension):
+    """torch's BuildExtension, then a check that the extension links libstdc++ dynamically.
+
+    A toolchain that links libstdc++ statically into a shared library (a GCC configured with
+    ``--with-static-standard-libraries``, seen as ``CXX=/opt/gcc/bin/g++`` on a CUDA image) builds an
+    extension whose private libstdc++ copy has no initialised locale: the first error message that
+    formats a number segfaults instead of raising. Refuse it at build time, naming the fix.
+    """
+
+    def build_extensions(self) -> None:
+        super().build_extensions()
+        readelf = shutil.which("readelf")
+        if readelf is None:
+            return
+        for ext in self.extensions:
+            path = self.get_ext_fullpath(ext.name)
+            dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True).stdout
+            if "libstdc++" not in dynamic:
+                cxx = getattr(self.compiler, "compiler_so", ["?"])[0]
+                raise RuntimeError(
+                    f"{path} links libstdc++ statically (compiler: {cxx}); its "
+                    "C++ exceptions would crash the process. Rebuild with the system compiler, e.g. "
+                    "CXX=/usr/bin/g++ CC=/usr/bin/gcc pip install --no-build-isolation -e ."
+                )
 
 
 setup(
@@ -43,6 +71,6 @@ setup(
             extra_compile_args=["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
         )
     ],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _Build.with_options(use_ninja=True)},
     zip_safe=False,
 )

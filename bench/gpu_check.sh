@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU check run on a lent device machine (see docs/benchmarks.md, "GPU"): build the extension
+# against that machine's torch, time ResNet-20 steps (bench/gpu_step.py), run the CUDA tests and then
+# the suite. Results land in $OUT (default ./gpu-out).
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+nvidia-smi -L
+python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available())"
+start=$SECONDS
+# The image's default CXX (/opt/gcc/bin/g++) links libstdc++ statically: setup.py refuses that build.
+if ! MAX_JOBS=16 CXX=/usr/bin/g++ CC=/usr/bin/gcc timeout 200 python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  tail -60 "$OUT/build.log"; echo "BUILD FAILED after $((SECONDS - start)) s"; exit 1
+fi
+echo "built in $((SECONDS - start)) s"
+timeout 150 python3 bench/gpu_step.py --iters 20 --json "$OUT/gpu_step.json" 2>&1 | tee "$OUT/bench.log"
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/distributed/test_cuda.py 2>&1 | tee "$OUT/cuda_test.log" | tail -15
+timeout 140 python3 -m pytest -q -p no:cacheprovider -n 14 -p no:benchmark --durations=5 tests/unit tests/distributed 2>&1 \
+  | tee "$OUT/suite.log" | tail -40
+echo "total $((SECONDS - start)) s"
