@@ -2,7 +2,8 @@
 
 ``digits``: scikit-learn's 8×8 digits (ships with scikit-learn), a fixed seeded 80/20 split.
 ``fashion-mnist``: the idx files of Debian's ``dataset-fashion-mnist`` (or any directory holding them).
-``cifar10``: torchvision's CIFAR-10 reader, downloading only when asked.
+``cifar10``: the ``cifar-10-batches-py`` pickles of the CIFAR-10 release, read directly (no torchvision);
+torchvision downloads them only when asked (``--download``).
 """
 
 from __future__ import annotations
@@ -129,34 +130,70 @@ def load_fashion_mnist(data_dir: str | os.PathLike) -> Loaded:
     return Loaded(split("train"), split("t10k"), 10, (1, 28, 28))
 
 
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickle of ``cifar-10-batches-py``: images ``N×3×32×32`` uint8 and labels int64."""
+    import pickle
+
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")  # noqa: S301 - the data set's own format, a local file
+    try:
+        data, labels = batch[b"data"], batch[b"labels"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a CIFAR-10 batch (no b'data' / b'labels')") from e
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected N×3072 images and N labels, got {data.shape} and {len(labels)}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
 def load_cifar10(data_dir: str | os.PathLike, download: bool = False) -> Loaded:
-    """CIFAR-10 through torchvision, normalised per channel (no augmentation).
+    """CIFAR-10 from a local ``cifar-10-batches-py`` directory, normalised per channel (no augmentation).
+
+    ``data_dir`` may be that directory or its parent. With ``download`` and the files missing,
+    torchvision fetches the release into ``data_dir`` first (the only step that needs the network).
 
     Raises:
-        ModuleNotFoundError: torchvision is not installed.
-        FileNotFoundError: the data is not in ``data_dir`` and ``download`` is false.
+        FileNotFoundError: the files are missing and ``download`` is false.
+        ValueError: a file that is not a CIFAR-10 batch, or labels outside 0..9.
     """
+    root = Path(data_dir)
+    folder = root if (root / CIFAR10_TEST_FILE).exists() else root / "cifar-10-batches-py"
+    needed = [folder / f for f in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)]
+    if download and not all(p.exists() for p in needed):
+        _download_cifar10(root)
+        folder = root / "cifar-10-batches-py"
+        needed = [folder / f for f in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)]
+    missing = [p.name for p in needed if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found in {folder}: missing {', '.join(missing)}. Pass --data-dir pointing to the "
+            "directory that holds cifar-10-batches-py (the python version of the release), or --download "
+            "(needs the network and torchvision)"
+        )
+    mean = torch.tensor(_CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(_CIFAR_STD).view(1, 3, 1, 1)
+
+    def tensors(files: list[Path]) -> TensorDataset:
+        parts = [_read_cifar_batch(p) for p in files]
+        x = torch.from_numpy(np.concatenate([p[0] for p in parts])).float().div_(255.0)
+        y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
+            raise ValueError(f"CIFAR-10 labels must lie in 0..9, found {int(y.min())}..{int(y.max())}")
+        return TensorDataset((x - mean) / std, y)
+
+    return Loaded(tensors(needed[:-1]), tensors(needed[-1:]), 10, (3, 32, 32))
+
+
+def _download_cifar10(root: Path) -> None:
     try:
         import torchvision
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
-            "the cifar10 data set is read with torchvision: pip install torchvision (the build matching "
-            "your torch)"
+            "--download fetches CIFAR-10 with torchvision: pip install torchvision (the build matching your "
+            "torch), or download cifar-10-python.tar.gz yourself and unpack it into --data-dir"
         ) from e
-    root = Path(data_dir)
-    try:
-        sets = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
-    except RuntimeError as e:
-        raise FileNotFoundError(
-            f"CIFAR-10 not found in {root} (expected {root / 'cifar-10-batches-py'}): pass --download to "
-            "fetch it (needs the network) or --data-dir pointing to the directory that holds "
-            "cifar-10-batches-py"
-        ) from e
-    mean = torch.tensor(_CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(_CIFAR_STD).view(1, 3, 1, 1)
-
-    def tensors(ds: object) -> TensorDataset:
-        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255.0)
-        return TensorDataset((x - mean) / std, torch.as_tensor(ds.targets, dtype=torch.long))
-
-    return Loaded(tensors(sets[0]), tensors(sets[1]), 10, (3, 32, 32))
+    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
