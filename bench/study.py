@@ -1,7 +1,9 @@
 """Learning-quality study: decentralized algorithms on non-IID Fashion-MNIST, with and without compression.
 
 Runs ``examples/train.py`` under torchrun for every (α, configuration, seed), skips runs whose
-``log.json`` is complete (the study resumes), then writes the mean ± std table and a plot.
+``log.json`` is complete (the study resumes), then writes a table per α (test and training accuracy,
+sharpness, traffic, time; mean ± std over seeds), a "claims" table (paired seed-by-seed differences
+against each configuration's baseline) and a plot.
 
     python bench/study.py                        # the full study (about 80 minutes on 2 cores)
     python bench/study.py --seeds 0 --max-steps 150 --report docs/RESULTS.md   # a reduced budget
@@ -9,6 +11,11 @@ Runs ``examples/train.py`` under torchrun for every (α, configuration, seed), s
 
 A configuration is ``algorithm[@compression][+flag=value ...]``: ``q-saddle@int8`` compresses the gossip,
 ``+rho=0.1`` passes ``--rho 0.1`` to ``examples/train.py`` (any of its flags, ``_`` or ``-``).
+Study-wide flags (``--schedule``, ``--train-subset``, ``--model``, ``--rho``, ...) go to every run; a
+configuration's own ``+flag=value`` comes after them, so it wins.
+
+    python bench/study.py --configs dsgd,q-saddle --seeds 0 --alphas 0.1 --schedule step \
+        --train-subset 6000 --epochs 30 --out /tmp/pilot
 """
 
 from __future__ import annotations
@@ -24,6 +31,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = "dsgd,qgm,q-saddle,ngm,n-saddle,q-saddle@int8,q-saddle@topk:0.12"
+# Study-wide train.py flags passed only when given (None: train.py's default).
+OPTIONAL_FLAGS = (
+    "schedule",
+    "train_subset",
+    "model",
+    "rho",
+    "momentum",
+    "weight_decay",
+    "topology",
+    "train_eval_samples",
+    "sharpness_samples",
+    "sharpness_rho",
+    "hessian_iters",
+)
+# A configuration's baseline by algorithm: (baseline algorithm, threshold in points, claim).
+BASELINES = {
+    "q-saddle": ("qgm", 1.0, "q-saddle ≥ qgm + 1 point"),
+    "n-saddle": ("ngm", 0.0, "n-saddle ≥ ngm"),
+    "sam-dsgd": ("dsgd", None, "sam-dsgd vs dsgd (no threshold)"),
+}
+COMPRESSED_TOLERANCE = 1.0  # points: a compressed run may lose at most this much to its uncompressed twin
 
 
 def _run_dir(out: Path, alpha: float, config: str, seed: int) -> Path:
@@ -62,70 +90,216 @@ def _run(args: argparse.Namespace, alpha: float, config: str, seed: int) -> dict
         "--alpha", str(alpha), "--seed", str(seed), "--epochs", str(args.epochs), "--lr", str(args.lr),
         "--batch-size", str(args.batch_size), "--out", str(run_dir), "--no-progress",
         "--compression", compression, "--eval-samples", str(args.eval_samples),
-        "--eval-every", str(args.eval_every), "--width", str(args.width), *extra_flags,
+        "--eval-every", str(args.eval_every), "--width", str(args.width),
     ]  # fmt: skip
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
+    cmd += study_flags(args) + extra_flags  # argparse keeps the last value: the configuration's own wins
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"run {run_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    print(f"  done in {time.monotonic() - t0:.0f} s", flush=True)
-    return json.loads(log.read_text())
+    seconds = time.monotonic() - t0
+    result = json.loads(log.read_text())
+    result["study"] = {"seconds": seconds, "command": cmd[3:]}  # with torchrun's start; kept on resume
+    tmp = run_dir / "log.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(log)
+    print(f"  done in {seconds:.0f} s", flush=True)
+    return result
 
 
-def _summary(values: list[float]) -> str:
+def study_flags(args: argparse.Namespace) -> list[str]:
+    """The optional study-wide train.py flags that were given (``--schedule step ...``)."""
+    flags: list[str] = []
+    for name in OPTIONAL_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags
+
+
+def run_seconds(result: dict) -> float:
+    """A run's wall time as the study measured it (torchrun included), else train.py's own."""
+    return result.get("study", {}).get("seconds", result["final"]["wall_time_s"])
+
+
+def _summary(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std; 0 for one value) of ``values`` × ``scale``; ``-`` when there are none."""
+    if not values:
+        return "-"
     mean = statistics.mean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def _finals(runs: list[dict], key: str) -> list[float]:
+    """``final[key]`` of the runs that have it (logs written before a metric existed lack it)."""
+    return [r["final"][key] for r in runs if r["final"].get(key) is not None]
+
+
+def _setup_line(
+    args: argparse.Namespace, results: dict[tuple[float, str], list[dict]], seconds: float
+) -> str:
+    extra = " ".join(study_flags(args))
+    return (
+        f"Data: {args.dataset}, {args.ranks} ranks on {args.topology or 'ring'}, "
+        f"Dirichlet α ∈ {{{', '.join(map(str, args.alphas))}}}, "
+        f"{args.model or 'cnn'} width {args.width}, seeds {args.seeds}, batch {args.batch_size} per rank, "
+        f"lr {args.lr} ({args.schedule or 'cosine'}), "
+        + (f"{args.max_steps} steps per run" if args.max_steps else f"{args.epochs} epochs")
+        + (f", flags `{extra}`" if extra else "")
+        + f"; this invocation {seconds / 60:.0f} min, the runs' wall times (torchrun included) sum to "
+        f"{sum(run_seconds(r) for runs in results.values() for r in runs) / 60:.0f} min."
+    )
 
 
 def _report(args: argparse.Namespace, results: dict[tuple[float, str], list[dict]], seconds: float) -> str:
-    lines = [
-        f"Data: {args.dataset}, {args.ranks} ranks on a ring, "
-        f"Dirichlet α ∈ {{{', '.join(map(str, args.alphas))}}}, "
-        f"cnn width {args.width}, seeds {args.seeds}, batch {args.batch_size} per rank, "
-        f"lr {args.lr} (cosine), "
-        + (f"{args.max_steps} steps per run" if args.max_steps else f"{args.epochs} epochs")
-        + f"; this invocation {seconds / 60:.0f} min, the runs' own wall times sum to "
-        f"{sum(r['final']['wall_time_s'] for runs in results.values() for r in runs) / 60:.0f} min "
-        "(plus about 10 s of torchrun start per run).",
-        "",
-        "| α | configuration | averaged-model test acc (%) | mean per-rank test acc (%) | MiB sent per rank "
-        "| final consensus distance | wall time per run (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for (alpha, config), runs in results.items():
-        finals = [r["final"] for r in runs]
-        lines.append(
-            f"| {alpha} | {config} | {_summary([f['test_acc_avg_model'] for f in finals])} "
-            f"| {_summary([f['test_acc_mean_rank'] for f in finals])} "
-            f"| {statistics.mean(f['mib_sent_per_rank'] for f in finals):.1f} "
-            f"| {statistics.mean(f['consensus_distance'] for f in finals):.2g} "
-            f"| {statistics.mean(f['wall_time_s'] for f in finals):.0f} |"
-        )
+    """The setup, one table per α (mean ± std over seeds) and the claims table, as markdown."""
+    lines = [_setup_line(args, results, seconds)]
+    for alpha in dict.fromkeys(a for a, _ in results):
+        lines += [
+            "",
+            f"### α = {alpha}",
+            "",
+            "| configuration | seeds | test acc, averaged model (%) | train acc, averaged model (%) "
+            "| train acc, own models mean (%) | sharpness_sam | hessian_top_eig | MiB sent per rank "
+            "| wall time per run (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for (a, config), runs in results.items():
+            if a != alpha or not runs:
+                continue
+            lines.append(
+                f"| {config} | {len(runs)} | {_summary(_finals(runs, 'test_acc_avg_model'))} "
+                f"| {_summary(_finals(runs, 'train_acc_avg_model'))} "
+                f"| {_summary(_finals(runs, 'train_acc_local_mean'))} "
+                f"| {_summary(_finals(runs, 'sharpness_sam'), 1.0, 4)} "
+                f"| {_summary(_finals(runs, 'hessian_top_eig'), 1.0, 2)} "
+                f"| {statistics.mean(_finals(runs, 'mib_sent_per_rank')):.1f} "
+                f"| {statistics.mean(run_seconds(r) for r in runs):.0f} |"
+            )
+    lines += ["", claims_table(claims(results))]
     return "\n".join(lines)
 
 
+def baseline_of(config: str) -> tuple[list[str], float | None, str] | None:
+    """The configurations ``config`` is compared with (first one present wins), the threshold, the claim.
+
+    ``x@codec[+extras]`` against ``x[+extras]``: the difference must be ≥ −1 point (within a point, or
+    better). ``q-saddle[+extras]`` against ``qgm[+extras]`` then ``qgm`` (≥ +1 point), ``n-saddle``
+    against ``ngm`` (≥ 0), ``sam-dsgd`` against ``dsgd`` (reported, no threshold). ``None``: no baseline.
+    """
+    head, *extras = config.split("+")
+    algorithm, _, compression = head.partition("@")
+    tail = "".join("+" + e for e in extras)
+    if compression:
+        return (
+            [algorithm + tail],
+            -COMPRESSED_TOLERANCE,
+            f"{algorithm}@{compression} within 1 point of {algorithm}",
+        )
+    if algorithm not in BASELINES:
+        return None
+    base, threshold, claim = BASELINES[algorithm]
+    return list(dict.fromkeys([base + tail, base])), threshold, claim
+
+
+def claims(results: dict[tuple[float, str], list[dict]], key: str = "test_acc_avg_model") -> list[dict]:
+    """Paired comparisons of every configuration with its baseline (:func:`baseline_of`) at each α.
+
+    The seeds both have are paired; the differences are in points (percentage points of ``key``).
+
+    Returns:
+        One dict per comparison: ``alpha``, ``config``, ``baseline``, ``claim``, ``seeds``,
+        ``differences`` (seed order), ``mean``, ``threshold`` (points, or ``None``), ``met`` (seeds whose
+        difference meets the threshold, or ``None``) and ``holds`` (the mean meets it, or ``None``).
+    """
+    rows = []
+    for (alpha, config), runs in results.items():
+        found = baseline_of(config)
+        if found is None or not runs:
+            continue
+        candidates, threshold, claim = found
+        base = next((c for c in candidates if results.get((alpha, c))), None)
+        if base is None:
+            continue
+        mine = {r["config"]["seed"]: r["final"][key] for r in runs}
+        theirs = {r["config"]["seed"]: r["final"][key] for r in results[(alpha, base)]}
+        seeds = sorted(set(mine) & set(theirs))
+        if not seeds:
+            continue
+        diffs = [100 * (mine[s] - theirs[s]) for s in seeds]
+        mean = statistics.mean(diffs)
+        rows.append(
+            {
+                "alpha": alpha,
+                "config": config,
+                "baseline": base,
+                "claim": claim,
+                "seeds": seeds,
+                "differences": diffs,
+                "mean": mean,
+                "threshold": threshold,
+                "met": None if threshold is None else sum(d >= threshold - 1e-9 for d in diffs),
+                "holds": None if threshold is None else mean >= threshold - 1e-9,
+            }
+        )
+    return rows
+
+
+def claims_table(rows: list[dict]) -> str:
+    """The claims as markdown: one row per comparison, differences seed by seed."""
+    lines = [
+        "### claims (averaged-model test accuracy, paired by seed)",
+        "",
+        "| α | configuration − baseline | claim | seeds | differences (points) | mean (points) "
+        "| threshold | seeds meeting it | mean meets it |",
+        "|---:|---|---|---|---|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        threshold = "-" if r["threshold"] is None else f"≥ {r['threshold']:+.1f}"
+        met = "-" if r["met"] is None else f"{r['met']}/{len(r['seeds'])}"
+        holds = "-" if r["holds"] is None else ("yes" if r["holds"] else "no")
+        lines.append(
+            f"| {r['alpha']} | {r['config']} − {r['baseline']} | {r['claim']} | {r['seeds']} "
+            f"| {', '.join(f'{d:+.2f}' for d in r['differences'])} | {r['mean']:+.2f} | {threshold} "
+            f"| {met} | {holds} |"
+        )
+    if not rows:
+        lines.append("| - | no configuration has its baseline in these runs | | | | | | | |")
+    return "\n".join(lines)
+
+
+RUN_COLUMNS = (
+    "test_acc_avg_model",
+    "test_acc_mean_rank",
+    "test_acc_min_rank",
+    "train_acc_avg_model",
+    "train_loss_avg_model",
+    "train_acc_local_mean",
+    "train_acc_local_min",
+    "sharpness_sam",
+    "hessian_top_eig",
+    "mib_sent_per_rank",
+    "consensus_distance",
+    "train_time_s",
+    "wall_time_s",
+)
+
+
 def _write_runs_csv(results: dict[tuple[float, str], list[dict]], path: Path) -> None:
-    """One row per run: its configuration, seed and final figures."""
+    """One row per run: its configuration, seed, final figures and the study's wall time."""
     import csv
 
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(
-            ["alpha", "configuration", "seed", "test_acc_avg_model", "test_acc_mean_rank",
-             "test_acc_min_rank", "mib_sent_per_rank", "consensus_distance", "train_time_s", "wall_time_s"]
-        )  # fmt: skip
+        writer.writerow(["alpha", "configuration", "seed", *RUN_COLUMNS, "study_seconds"])
         for (alpha, config), runs in results.items():
             for r in runs:
-                f_ = r["final"]
-                writer.writerow(
-                    [alpha, config, r["config"]["seed"], f_["test_acc_avg_model"], f_["test_acc_mean_rank"],
-                     f_["test_acc_min_rank"], round(f_["mib_sent_per_rank"], 3), f_["consensus_distance"],
-                     round(f_["train_time_s"], 1), round(f_["wall_time_s"], 1)]
-                )  # fmt: skip
+                values = [r["final"].get(k) for k in RUN_COLUMNS]
+                writer.writerow([alpha, config, r["config"]["seed"], *values, round(run_seconds(r), 1)])
 
 
 def _plot(results: dict[tuple[float, str], list[dict]], path: Path) -> None:
@@ -163,7 +337,8 @@ def _plot(results: dict[tuple[float, str], list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The study's flags (``argv`` default: the command line)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -186,9 +361,30 @@ def main() -> None:
     parser.add_argument(
         "--eval-every", type=int, default=50, help="steps between evaluations (the plot's points)"
     )
+    parser.add_argument("--schedule", choices=("constant", "cosine", "step"), default=None)
+    parser.add_argument("--train-subset", type=int, default=None, help="train.py --train-subset")
+    parser.add_argument("--model", default=None, help="train.py --model (cnn, resnet20)")
+    parser.add_argument("--rho", type=float, default=None, help="SAM radius of the SAM algorithms")
+    parser.add_argument("--momentum", type=float, default=None)
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--topology", default=None, help="train.py --topology (default ring)")
+    parser.add_argument("--train-eval-samples", type=int, default=None, help="train.py --train-eval-samples")
+    parser.add_argument(
+        "--sharpness-samples",
+        type=int,
+        default=2048,
+        help="train.py --sharpness-samples: final sharpness on this many training samples (0: skip)",
+    )
+    parser.add_argument("--sharpness-rho", type=float, default=None, help="train.py --sharpness-rho")
+    parser.add_argument("--hessian-iters", type=int, default=None, help="train.py --hessian-iters")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
     parser.add_argument("--report", type=Path, default=None, help="write the table here (markdown)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Run (or resume) every configuration, then write the tables, ``runs.csv`` and the plot."""
+    args = parse_args()
     configs = args.configs.split(",")
     for config in configs:
         parse_config(config)  # fail before the first run, not in the middle of the study

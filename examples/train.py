@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -38,6 +39,11 @@ from saddle_torch.context import current
 from saddle_torch.data import DirichletPartition, Partition, PartitionSampler, ShardPartition, dataset_labels
 
 QGM_ALGORITHMS = ("qgm", "q-saddle")  # momentum is the QGM β, the wrapped SGD runs without momentum
+# Fixed seeds, not --seed: every seed and algorithm sees the same training subset, the same samples for
+# the sharpness measures and the same power-iteration start.
+SUBSET_SEED = 1_000_003
+SHARPNESS_SEED = 2_000_003
+HESSIAN_SEED = 3_000_017
 
 
 def sibling(name: str) -> ModuleType:
@@ -71,11 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--partition", choices=("dirichlet", "shards"), default="dirichlet")
     a("--alpha", type=float, default=0.1, help="Dirichlet concentration (small: more skewed)")
     a("--shards-per-rank", type=int, default=2, help="--partition shards: shards per rank")
+    a(
+        "--train-subset",
+        type=int,
+        default=0,
+        help="keep a fixed class-stratified subset of N training samples before partitioning (0: all); "
+        "the same for every --seed",
+    )
     a("--epochs", type=float, default=10, help="passes over the training set, summed over ranks")
     a("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     a("--batch-size", type=int, default=32, help="per rank")
     a("--lr", type=float, default=0.05)
-    a("--schedule", choices=("constant", "cosine"), default="cosine", help="learning-rate schedule")
+    a(
+        "--schedule",
+        choices=("constant", "cosine", "step"),
+        default="cosine",
+        help="learning-rate schedule (step: ×0.1 at 50%% and again at 75%% of the steps)",
+    )
     a("--momentum", type=float, default=0.9, help="local Nesterov momentum; the QGM β for qgm/q-saddle")
     a("--weight-decay", type=float, default=5e-4)
     a("--rho", type=float, default=0.05, help="SAM radius (SAM algorithms)")
@@ -112,10 +130,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="score on the first N test samples (0: all); the averaged model's final score uses all of them",
     )
+    a(
+        "--train-eval-samples",
+        type=int,
+        default=0,
+        help="training accuracy at every evaluation: score the first N samples of each rank's shard "
+        "(0: all of it)",
+    )
+    a(
+        "--sharpness-samples",
+        type=int,
+        default=0,
+        help="final sharpness measures (SAM sharpness, top Hessian eigenvalue) of the averaged model on a "
+        "fixed subset of this many training samples in total (0: skip; bench/study.py uses 2048)",
+    )
+    a("--sharpness-rho", type=float, default=0.05, help="radius ρ_s of the final SAM sharpness")
+    a("--hessian-iters", type=int, default=20, help="power iterations for the top Hessian eigenvalue")
     a("--out", default=None, help="output directory (default runs/<time>-<dataset>-<algorithm>)")
     a("--checkpoint", action="store_true", help="write <out>/ckpt/<rank>.pt after every epoch")
     a("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoints")
     a("--threads", type=int, default=1, help="intra-op threads per rank")
+    a(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: each rank trains on cuda:<LOCAL_RANK mod GPUs>; gossip stays on Gloo, staged "
+        "through host memory",
+    )
     a(
         "--progress",
         choices=("auto", "bar", "lines", "none"),
@@ -148,6 +188,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (args.eval_every >= 0 and args.eval_samples >= 0, "--eval-every/--eval-samples must be ≥ 0"),
         (args.threads >= 1, "--threads must be ≥ 1"),
         (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
+        (args.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {args.device!r}"),
+        (args.train_subset >= 0, "--train-subset must be ≥ 0"),
+        (args.train_eval_samples >= 0, "--train-eval-samples must be ≥ 0"),
+        (args.sharpness_samples >= 0, "--sharpness-samples must be ≥ 0"),
+        (args.sharpness_rho > 0, "--sharpness-rho must be positive"),
+        (args.hessian_iters >= 1, "--hessian-iters must be ≥ 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -156,6 +202,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # --- pieces ----------------------------------------------------------------------------------------
+def rank_device(name: str) -> torch.device:
+    """``cpu``, or this rank's GPU: ``cuda:<LOCAL_RANK mod device count>`` (made the current device).
+
+    Raises:
+        RuntimeError: ``cuda`` asked for where torch sees no CUDA device.
+    """
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU)")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
 @functools.lru_cache(maxsize=2)
 def load_data(name: str, data_dir: str | None, download: bool) -> Any:
     """``datasets.load``, once per process (the tensors are only read, never written).
@@ -256,10 +317,52 @@ def progress_line(label: str, rec: dict[str, Any], total: int, seconds: float) -
 
 
 def learning_rate(args: argparse.Namespace, step: int, total: int) -> float:
-    """The learning rate of ``step`` (cosine decays to 0 over ``total`` steps)."""
+    """The learning rate of ``step``.
+
+    ``cosine`` decays to 0 over ``total`` steps; ``step`` multiplies ``--lr`` by 0.1 from step
+    ``total/2`` on and by 0.01 from ``3·total/4`` on; ``constant`` keeps ``--lr``.
+    """
     if args.schedule == "constant":
         return args.lr
+    if args.schedule == "step":
+        drops = int(2 * step >= total) + int(4 * step >= 3 * total)  # integer test: no rounding at 50%/75%
+        return args.lr * 0.1**drops
     return 0.5 * args.lr * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+def stratified_subset(labels: torch.Tensor, size: int, *, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """Sorted indices of ``size`` samples that keep every class's share of ``labels``.
+
+    Class ``c`` gets ``floor(size · n_c / N)`` samples, plus one for the classes with the largest
+    remainders (ties to the smaller class id) until the total is ``size``; within a class the samples
+    are a random draw of a generator seeded with ``seed`` alone, so the subset does not depend on the
+    run's seed.
+
+    Raises:
+        ValueError: ``size`` not in ``1..len(labels)``.
+    """
+    total = len(labels)
+    if not 1 <= size <= total:
+        raise ValueError(f"a subset of {size} samples of {total}: it must have 1..{total}")
+    labels = torch.as_tensor(labels).long()
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = [size * int(c) / total for c in counts]
+    quota = [int(math.floor(q)) for q in exact]
+    by_remainder = sorted(range(len(quota)), key=lambda k: (-(exact[k] - quota[k]), k))
+    for k in by_remainder[: size - sum(quota)]:
+        quota[k] += 1
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for cls, count, q in zip(classes.tolist(), counts.tolist(), quota, strict=True):
+        members = torch.nonzero(labels == cls).flatten()
+        picked.append(members[torch.randperm(count, generator=g)[:q]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def subset(data: TensorDataset, indices: torch.Tensor | Sequence[int]) -> TensorDataset:
+    """The samples ``indices`` of ``data`` as a new ``TensorDataset``."""
+    index = torch.as_tensor(indices, dtype=torch.long)
+    return TensorDataset(*(t[index] for t in data.tensors))
 
 
 class BatchStream:
@@ -321,9 +424,10 @@ def test_counts(model: nn.Module, data: TensorDataset, batch_size: int = 512) ->
     model.eval()
     correct = loss = 0.0
     x_all, y_all = data.tensors
+    device = next(model.parameters()).device
     for i in range(0, len(y_all), batch_size):
-        out = model(x_all[i : i + batch_size])
-        y = y_all[i : i + batch_size]
+        out = model(x_all[i : i + batch_size].to(device))
+        y = y_all[i : i + batch_size].to(device)
         correct += float((out.argmax(1) == y).sum())
         loss += float(F.cross_entropy(out, y, reduction="sum"))
     model.train(was_training)
@@ -348,11 +452,18 @@ def evaluate(
     test: TensorDataset,
     bytes_base: float,
     rank_test: TensorDataset | None = None,
+    *,
+    rank_train: TensorDataset | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of the averaged model and of every rank's own model, consensus and traffic.
 
     Collective. The averaged model is scored on ``test``, a 1/n slice per rank (summed); every rank
     scores its own model on all of ``rank_test`` (default ``test``), which costs n times as much.
+
+    With ``rank_train`` (this rank's training shard, or a part of it), also the training accuracy:
+    ``train_acc_avg_model`` / ``train_loss_avg_model`` of the averaged model on the union of the ranks'
+    shards (each rank scores its own, the sums are all-reduced) and ``train_acc_local_mean`` /
+    ``train_acc_local_min`` of every rank's own model on its own shard.
     """
     group, rank, n = current().group, st.rank(), st.size()
     rank_test = test if rank_test is None else rank_test
@@ -367,6 +478,9 @@ def evaluate(
     all_sent = [torch.zeros_like(sent) for _ in range(n)]
     dist.all_gather(all_sent, sent, group=group)
     rank_acc = [float(g[0] / g[2]) for g in gathered]
+    train_metrics: dict[str, Any] = {}
+    if rank_train is not None:
+        train_metrics = train_counts(model, avg_model, rank_train)
     return {
         "test_acc_avg_model": float(part[0] / part[2]),
         "test_loss_avg_model": float(part[1] / part[2]),
@@ -377,7 +491,179 @@ def evaluate(
         "consensus_distance": st.consensus_distance(model),
         "bytes_sent_rank0": float(all_sent[0]),
         "mib_sent_per_rank": float(torch.cat(all_sent).mean()) / 2**20,
+        **train_metrics,
     }
+
+
+def train_counts(model: nn.Module, avg_model: nn.Module, shard: TensorDataset) -> dict[str, Any]:
+    """Training accuracy of the averaged model (union of shards) and of each rank's model on its shard.
+
+    Collective; ``avg_model`` must already hold the average (:func:`average_into`).
+    """
+    group, n = current().group, st.size()
+    union = test_counts(avg_model, shard)
+    dist.all_reduce(union, group=group)
+    own = test_counts(model, shard)
+    gathered = [torch.zeros_like(own) for _ in range(n)]
+    dist.all_gather(gathered, own, group=group)
+    local = [float(g[0] / g[2]) for g in gathered]
+    return {
+        "train_acc_avg_model": float(union[0] / union[2]),
+        "train_loss_avg_model": float(union[1] / union[2]),
+        "train_acc_local_mean": float(np.mean(local)),
+        "train_acc_local_min": float(np.min(local)),
+        "train_samples": int(union[2]),
+    }
+
+
+# --- sharpness of the averaged model -----------------------------------------------------------------
+def sharpness_indices(train_size: int, samples: int, *, seed: int = SHARPNESS_SEED) -> torch.Tensor:
+    """The fixed training samples of the sharpness measures: ``min(samples, train_size)`` indices.
+
+    A draw of a generator seeded with ``seed`` alone, sorted: the same on every rank, seed and algorithm.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randperm(train_size, generator=g)[: min(samples, train_size)]).values
+
+
+def _loss_and_grad(
+    model: nn.Module, data: TensorDataset, batch_size: int = 512
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Summed cross-entropy of ``model`` on ``data`` and its gradient (float64 loss; no collective)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.zeros_like(p) for p in params]
+    total = torch.zeros(1, dtype=torch.float64)
+    device = params[0].device
+    x_all, y_all = data.tensors
+    for i in range(0, len(y_all), batch_size):
+        loss = F.cross_entropy(
+            model(x_all[i : i + batch_size].to(device)), y_all[i : i + batch_size].to(device), reduction="sum"
+        )
+        for acc, g in zip(grads, torch.autograd.grad(loss, params), strict=True):
+            acc.add_(g)
+        total += float(loss.detach())
+    return total, grads
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], count: float) -> list[torch.Tensor]:
+    """Sum over ranks, divided by ``count`` (in place; collective)."""
+    group = current().group
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, group=group)
+    flat.div_(count)
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start : start + t.numel()].view_as(t))
+        start += t.numel()
+    return out
+
+
+def union_loss(model: nn.Module, part: TensorDataset) -> float:
+    """Mean cross-entropy of ``model`` on the union of the ranks' ``part`` (collective)."""
+    group = current().group
+    counts = test_counts(model, part)
+    dist.all_reduce(counts, group=group)
+    return float(counts[1] / counts[2])
+
+
+def sharpness_sam(model: nn.Module, part: TensorDataset, rho: float) -> dict[str, float]:
+    """SAM sharpness ``L(w + ρ g/‖g‖) − L(w)`` of ``model`` (the same on every rank; collective).
+
+    ``L`` and ``g`` are the mean loss and its gradient on the union of the ranks' ``part``; the norm is
+    taken over all parameters together. The model is left as it was (eval mode while measuring).
+
+    Returns:
+        ``sharpness_sam``, ``sharpness_loss`` (``L(w)``) and ``sharpness_grad_norm`` (``‖g‖``).
+    """
+    was_training = model.training
+    model.eval()
+    count = union_count(part)
+    loss_sum, grads = _loss_and_grad(model, part)
+    dist.all_reduce(loss_sum, group=current().group)
+    grads = _all_reduce_mean(grads, count)
+    loss = float(loss_sum) / count
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps = [rho * g / (float(norm) + 1e-12) for g in grads]
+    try:
+        with torch.no_grad():
+            for p, e in zip(params, steps, strict=True):
+                p.add_(e)
+        perturbed = union_loss(model, part)
+    finally:
+        with torch.no_grad():
+            for p, e in zip(params, steps, strict=True):
+                p.sub_(e)
+        model.train(was_training)
+    return {"sharpness_sam": perturbed - loss, "sharpness_loss": loss, "sharpness_grad_norm": float(norm)}
+
+
+def hessian_top_eig(
+    model: nn.Module, part: TensorDataset, iters: int, *, seed: int = HESSIAN_SEED, batch_size: int = 512
+) -> dict[str, Any]:
+    """Top Hessian eigenvalue of the union loss of ``model`` by power iteration (collective).
+
+    The loss is the mean cross-entropy on the union of the ranks' ``part``; each iteration all-reduces
+    the ranks' Hessian-vector products (double backward). The start vector is Gaussian from a generator
+    seeded with ``seed`` alone. Power iteration converges to the eigenvalue of largest magnitude,
+    which at a trained model is the top (positive) one.
+
+    Returns:
+        ``hessian_top_eig`` (the last Rayleigh quotient vᵀHv, ‖v‖ = 1) and ``hessian_eig_trace`` (every
+        iteration's quotient, to judge convergence).
+    """
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    count = union_count(part)
+    g = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(device) for p in params]
+    norm = torch.sqrt(sum((t.double() ** 2).sum() for t in v))
+    v = [t / float(norm) for t in v]
+    x_all, y_all = part.tensors
+    trace: list[float] = []
+    try:
+        for _ in range(iters):
+            hv = [torch.zeros_like(p) for p in params]
+            for i in range(0, len(y_all), batch_size):
+                loss = F.cross_entropy(
+                    model(x_all[i : i + batch_size].to(device)),
+                    y_all[i : i + batch_size].to(device),
+                    reduction="sum",
+                )
+                grads = torch.autograd.grad(loss, params, create_graph=True)
+                dot = sum((gr * t).sum() for gr, t in zip(grads, v, strict=True))
+                for acc, h in zip(hv, torch.autograd.grad(dot, params), strict=True):
+                    acc.add_(h)
+            hv = _all_reduce_mean(hv, count)
+            trace.append(float(sum((h.double() * t.double()).sum() for h, t in zip(hv, v, strict=True))))
+            norm = torch.sqrt(sum((h.double() ** 2).sum() for h in hv))
+            if float(norm) == 0.0:
+                break
+            v = [h / float(norm) for h in hv]
+    finally:
+        model.train(was_training)
+    return {"hessian_top_eig": trace[-1], "hessian_eig_trace": trace}
+
+
+def sharpness(model: nn.Module, part: TensorDataset, args: argparse.Namespace) -> dict[str, Any]:
+    """``sharpness_sam`` and ``hessian_top_eig`` of ``model`` with the flags' ρ_s and iterations."""
+    started = time.perf_counter()
+    out = {
+        **sharpness_sam(model, part, args.sharpness_rho),
+        **hessian_top_eig(model, part, args.hessian_iters),
+    }
+    out["sharpness_samples"] = union_count(part)
+    out["sharpness_time_s"] = time.perf_counter() - started
+    return out
+
+
+def union_count(part: TensorDataset) -> int:
+    """Samples in the union of the ranks' ``part`` (collective)."""
+    count = torch.tensor([float(len(part.tensors[1]))], dtype=torch.float64)
+    dist.all_reduce(count, group=current().group)
+    return int(count)
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -500,8 +786,16 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     full_test = test
     if args.eval_samples:
         test = TensorDataset(*(t[: args.eval_samples] for t in test.tensors))
+    subset_indices = None
+    if args.train_subset:
+        subset_indices = stratified_subset(dataset_labels(train), args.train_subset)
+        train = subset(train, subset_indices)
     partition = make_partition(args, dataset_labels(train), n)
     stream = BatchStream(train, partition.sampler(rank, seed=args.seed), args.batch_size)
+    shard_indices = partition.indices(rank)
+    if args.train_eval_samples:
+        shard_indices = shard_indices[: args.train_eval_samples]
+    rank_train = subset(train, shard_indices)
     steps_per_epoch = math.ceil(len(train) / (n * args.batch_size))
     total = max(1, round(args.epochs * steps_per_epoch))
     if args.max_steps:
@@ -511,8 +805,9 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
-    model = models.build(args.model, input_shape, num_classes, width=args.width)
-    avg_model = models.build(args.model, input_shape, num_classes, width=args.width)
+    device = rank_device(args.device)
+    model = models.build(args.model, input_shape, num_classes, width=args.width).to(device)
+    avg_model = models.build(args.model, input_shape, num_classes, width=args.width).to(device)
     st.broadcast_parameters(model.state_dict(), root_rank=0)
     opt = make_optimizer(model, args)
     bytes_base = st.stats()["bytes_sent"]
@@ -535,7 +830,19 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
 
     cfg = opt.saddle.config
     gamma_used = current().resolve_gamma(cfg.gamma, cfg.compression)  # cached at wrap time: no collective
-    config = {**vars(args), "world_size": n, "out": str(out), "gamma_used": gamma_used}
+    config = {
+        **vars(args),
+        "world_size": n,
+        "out": str(out),
+        "gamma_used": gamma_used,
+        "train_size": len(train),
+        "train_subset_seed": SUBSET_SEED if args.train_subset else None,
+        "train_subset_class_counts": (
+            torch.bincount(dataset_labels(train), minlength=num_classes).tolist()
+            if args.train_subset
+            else None
+        ),
+    }
     title = (
         f"{args.dataset} / {args.model}, {args.partition}"
         + (f" α={args.alpha:g}" if args.partition == "dirichlet" else f" {args.shards_per_rank}/rank")
@@ -575,7 +882,14 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
             "epoch": step / steps_per_epoch,
             "lr": learning_rate(args, min(step, total - 1), total),
             "train_loss": train_loss,
-            **evaluate(model, avg_model, full_test if final else test, bytes_base, rank_test=test),
+            **evaluate(
+                model,
+                avg_model,
+                full_test if final else test,
+                bytes_base,
+                rank_test=test,
+                rank_train=rank_train,
+            ),
             "test_samples_avg_model": len((full_test if final else test).tensors[1]),
             "test_samples_ranks": len(test.tensors[1]),
             "train_time_s": train_time,
@@ -593,6 +907,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     while step < total:
         t0 = time.perf_counter()
         x, y = next(stream)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = learning_rate(args, step, total)
 
@@ -621,8 +936,13 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
             )
     bar.close()
 
+    sharp: dict[str, Any] = {}
+    if args.sharpness_samples:
+        average_into(avg_model, model)  # already so after the last record, but not on a finished --resume
+        part = sharpness_indices(len(train), args.sharpness_samples)[rank::n]
+        sharp = sharpness(avg_model, subset(train, part), args)
     wall = time.perf_counter() - wall_start
-    log["final"] = {**records[-1], "wall_time_s": wall, "out": str(out)}
+    log["final"] = {**records[-1], **sharp, "wall_time_s": wall, "out": str(out)}
     if rank == 0:
         write_outputs(log, out, final=True)
         torch.save(
@@ -641,7 +961,14 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
             f"{label} on {title}: {step} steps, "
             f"averaged-model acc {100 * f['test_acc_avg_model']:.2f}%, "
             f"per-rank acc {100 * f['test_acc_mean_rank']:.2f}% (min {100 * f['test_acc_min_rank']:.2f}%), "
-            f"consensus {f['consensus_distance']:.3g}, {f['mib_sent_per_rank']:.1f} MiB sent per rank, "
+            f"train acc {100 * f['train_acc_avg_model']:.2f}% (averaged model), "
+            f"{100 * f['train_acc_local_mean']:.2f}% (own, min {100 * f['train_acc_local_min']:.2f}%), "
+            + (
+                f"sharpness SAM {f['sharpness_sam']:.3g}, λ_max {f['hessian_top_eig']:.3g}, "
+                if "sharpness_sam" in f
+                else ""
+            )
+            + f"consensus {f['consensus_distance']:.3g}, {f['mib_sent_per_rank']:.1f} MiB sent per rank, "
             f"{wall:.1f} s -> {out}",
             flush=True,
         )
