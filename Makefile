@@ -40,7 +40,7 @@ py-test: install
 test: install core-test py-test
 
 # The demo: Fashion-MNIST (Debian's dataset-fashion-mnist) split over 8 ranks on a ring by Dirichlet
-# α = 0.01, trained by dsgd, qgm, q-saddle and q-saddle with int8 gossip (5–10 minutes on 2 cores);
+# α = 0.01, trained by dsgd, qgm, q-saddle and q-saddle with int8 gossip (about 4.5 minutes on 2 cores);
 # demo-digits: the same four on scikit-learn's digits, 4 ranks (quicker). NPROC=… on the command line
 # sets the ranks, DEMO_ARGS=… adds flags (e.g. "--seed 1"). Table and plot: runs/demo/.
 DEMO_NPROC = $(if $(filter-out file default,$(origin NPROC)),--nproc $(NPROC))
