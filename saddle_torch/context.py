@@ -335,14 +335,19 @@ class GossipContext:
         if self.choco.has(name) or tensor.dtype != torch.float32:
             return False
         data = tensor.detach().to("cpu").contiguous().view(-1)
+        if not self.same_on_every_rank(data, name):
+            return False
+        self.choco.set(name, data, data)
+        return True
+
+    def same_on_every_rank(self, tensor: torch.Tensor, name: str) -> bool:
+        """Whether every rank holds exactly the same ``tensor`` (collective: an all-gather of its CRC)."""
+        data = tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
         mine = torch.tensor([zlib.crc32(data.numpy()), data.numel()], dtype=torch.int64)
         every = [torch.empty_like(mine) for _ in range(self.size)]
         with peer_failures(f"checking that every rank starts {name!r} from the same tensor", self.rank):
             dist.all_gather(every, mine, group=self.group)
-        if not all(torch.equal(t, mine) for t in every):
-            return False
-        self.choco.set(name, data, data)
-        return True
+        return all(torch.equal(t, mine) for t in every)
 
     def step_of(self, name: str) -> int:
         """Number of rounds done so far under ``name`` (selects the phase of a time-varying topology)."""

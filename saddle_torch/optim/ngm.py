@@ -6,12 +6,14 @@ sends it back to j, and replaces its gradient by ĝ_i = w_ii g_ii + Σ_{j∈out(
 
 A rank whose step fails still takes part in the cross round, sending NaN in place of its
 cross-gradients; a receiver leaves such a neighbour out of its mean and renormalises the weights.
+With compression, the models are the neighbours' public CHOCO copies and the cross-gradients travel
+compressed with error feedback per link (``ngm_compressed.py``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from typing_extensions import override
@@ -22,6 +24,7 @@ from saddle_torch.optim.sam import Sam, frozen_batchnorm
 from saddle_torch.optim.step import Closure, Phase, StepRun, evaluate
 
 if TYPE_CHECKING:
+    from saddle_torch.optim.ngm_compressed import LinkCodec, NeighbourChoco
     from saddle_torch.optim.wrapper import SaddleRuntime
 
 
@@ -54,8 +57,9 @@ def received_models(rt: SaddleRuntime, run: StepRun) -> dict[BufferKey, list[tor
 class CrossGradients(Phase):
     """The NGM gradient: cross-gradients on the neighbours' models, one exchange, the weighted mean."""
 
-    def __init__(self, sam: Sam | None) -> None:
+    def __init__(self, sam: Sam | None, compressed: tuple[NeighbourChoco, LinkCodec] | None = None) -> None:
         self.sam = sam  # set when the cross terms are sharpness-aware (N-SADDLe with cross_sam)
+        self.compressed = compressed  # the compressed model round and cross-gradient codec
         self._exchanged = False
         # The cross-gradients received in the last step, {neighbour: {buffer: g_ij}} (for inspection).
         self.received: dict[int, dict[BufferKey, torch.Tensor]] = {}
@@ -63,18 +67,26 @@ class CrossGradients(Phase):
     @override
     def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
         self._exchanged = False
-        if rt.config.order == "atc":
+        if rt.config.order == "atc" and self.compressed is None:
             exchange_models(rt, run)
 
     def _exchange(
-        self, rt: SaddleRuntime, run: StepRun, sends: dict[int, dict[BufferKey, torch.Tensor]]
+        self, rt: SaddleRuntime, run: StepRun, sends: dict[int, dict[BufferKey, torch.Tensor]] | None
     ) -> dict[int, dict[BufferKey, torch.Tensor]]:
-        """Send ``sends[j]`` to each in-neighbour j; receive g_ij from each out-neighbour."""
+        """Send ``sends[j]`` to each in-neighbour j, receive g_ij from each out-neighbour.
+
+        ``sends=None``: this step failed; NaN goes out instead (the receivers leave this rank out).
+        """
         self._exchanged = True
+        if self.compressed is not None:
+            return self.compressed[1].exchange(rt, run, sends)
         topo, rank = rt.ctx.topology, rt.ctx.rank
         outs = topo.out_neighbors(rank, run.model_step)
         ins = topo.in_neighbors(rank, run.model_step)
         grads = rt.flat.grad_buffers
+        if sends is None:
+            nan = {k: torch.full(g.shape, math.nan, dtype=g.dtype) for k, g in grads.items()}
+            sends = {j: nan for j in ins}
         received = {j: {k: torch.empty(g.shape, dtype=g.dtype) for k, g in grads.items()} for j in outs}
         rounds = [
             rt.ctx.engine.exchange([(j, sends[j][key]) for j in ins], [(j, received[j][key]) for j in outs])
@@ -88,7 +100,7 @@ class CrossGradients(Phase):
     def gradient(self, rt: SaddleRuntime, run: StepRun, closure: Closure | None) -> None:
         assert closure is not None  # the wrapper refuses cross-gradients without a closure
         ins = rt.ctx.topology.in_neighbors(rt.ctx.rank, run.model_step)
-        models = received_models(rt, run)
+        models = received_models(rt, run) if self.compressed is None else self.compressed[0].models(rt, run)
         g_self = {k: g.detach().clone() for k, g in rt.flat.grad_buffers.items()}
         cross: dict[int, dict[BufferKey, torch.Tensor]] = {}
         with frozen_batchnorm(rt.bn_layers):
@@ -105,6 +117,15 @@ class CrossGradients(Phase):
                 x.copy_(rt.x_prev[key])
         self.received = self._exchange(rt, run, cross)
         self._combine(rt, run, g_self)
+
+    @override
+    def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:
+        return self.compressed[1].state_dict() if self.compressed is not None else {}
+
+    @override
+    def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
+        if self.compressed is not None:
+            self.compressed[1].load_state_dict(rt, state)
 
     def _combine(self, rt: SaddleRuntime, run: StepRun, g_self: dict[BufferKey, torch.Tensor]) -> None:
         topo, rank = rt.ctx.topology, rt.ctx.rank
@@ -130,9 +151,9 @@ class CrossGradients(Phase):
     def abort(self, rt: SaddleRuntime, run: StepRun) -> None:
         if self._exchanged:
             return
-        ins = rt.ctx.topology.in_neighbors(rt.ctx.rank, run.model_step)
-        nan = {k: torch.full(g.shape, math.nan, dtype=g.dtype) for k, g in rt.flat.grad_buffers.items()}
-        self._exchange(rt, run, {j: nan for j in ins})
+        if self.compressed is not None:
+            self.compressed[0].models(rt, run)  # complete the model round first, as a healthy step does
+        self._exchange(rt, run, None)
 
 
 __all__ = ["CrossGradients", "exchange_models", "received_models"]

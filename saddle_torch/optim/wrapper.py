@@ -30,6 +30,7 @@ from saddle_torch.optim.algorithms import ALGORITHMS, Algorithm
 from saddle_torch.optim.direction import LocalStep
 from saddle_torch.optim.mixing import ExactAverage, Gossip
 from saddle_torch.optim.ngm import CrossGradients
+from saddle_torch.optim.ngm_compressed import LinkCodec, NeighbourChoco, check_compression
 from saddle_torch.optim.qgm import check_optimizer, qgm_direction
 from saddle_torch.optim.replay import MicroBatches
 from saddle_torch.optim.sam import BatchNormSnapshot, Sam, batchnorm_layers
@@ -290,10 +291,15 @@ def _phases(rt: SaddleRuntime, optimizer: torch.optim.Optimizer) -> list[Phase]:
     if alg.sam:
         rt.sam = Sam(rt)
         phases.append(rt.sam)
+    models: Phase = Gossip() if alg.gossip else ExactAverage()
     if alg.cross:
-        rt.cross = CrossGradients(rt.sam if cfg.cross_sam else None)
+        compressed = None
+        if cfg.compression is not None:  # CHOCO with per-neighbour copies, cross-gradients with EF
+            models = NeighbourChoco(rt, cfg.compression)
+            compressed = (models, LinkCodec(cfg.compression))
+        rt.cross = CrossGradients(rt.sam if cfg.cross_sam else None, compressed)
         phases.append(rt.cross)
-    phases.append(Gossip() if alg.gossip else ExactAverage())
+    phases.append(models)
     phases.append(qgm_direction(rt, optimizer, rt.config.qg_adam) if alg.qgm else LocalStep())
     return phases
 
@@ -346,7 +352,9 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         cross_sam: N-SADDLe cross-gradients use SAM too.
         bn_second_pass: let the extra passes update BatchNorm running statistics.
         compression: compress the parameter gossip with CHOCO error feedback (``None``: the default
-            given to :func:`saddle_torch.init`), e.g. ``"int8"`` or ``"topk:0.12"``.
+            given to :func:`saddle_torch.init`), e.g. ``"int8"`` or ``"topk:0.12"``. ``ngm`` and
+            ``n-saddle`` then keep a public copy of every neighbour's model, compute cross-gradients
+            there and compress them too, with error feedback per link (float32 models only).
         qg_adam: how QG-Adam (``qgm``/``q-saddle`` wrapping Adam or AdamW) feeds its moments:
             ``"normalized"`` (default, the QGM paper's unit-norm displacement; most accurate in
             docs/RESULTS.md, but it depends on the loss scale and can drift where ‖g‖ < 1 at a
@@ -382,11 +390,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     ctx = ctx or context.current()
     comp = ctx.compression if compression is None else resolve_compression(compression)
     if alg.cross and comp is not None:
-        raise ValueError(
-            f"{algorithm!r} computes cross-gradients on the neighbours' exact models, which compressed "
-            "gossip does not deliver; use compression=Compression.none with it (compressing the "
-            "cross-gradient round is not implemented)"
-        )
+        check_compression(comp, [p.dtype for g in optimizer.param_groups for p in g["params"]])
     cfg = SaddleConfig(
         alg,
         rho,
@@ -436,8 +440,11 @@ def _build(rt: SaddleRuntime, opt: torch.optim.Optimizer, flat: FlatParameters) 
     comp = rt.config.compression
     for key, x in flat.buffers.items():
         rt.ctx.register(rt.name(key), x, comp)
-        if comp is not None:
+        if comp is not None and not rt.config.algorithm.cross:
             rt.ctx.prime_choco(rt.name(key), x)
+    for p in rt.phases:
+        if isinstance(p, NeighbourChoco):
+            p.prime(rt)
 
 
 def follow_model(rt: SaddleRuntime) -> None:

@@ -60,6 +60,9 @@ def _run(rank: int, world: int, alg: str, order: str, comp: str, fail_on_call: i
     out["finite"] = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     out["consensus"] = st.consensus_distance(model)
     out["steps"] = opt.saddle.step
+    if opt.saddle.cross is not None and opt.saddle.cross.compressed is not None:
+        (copies,) = opt.saddle.cross.compressed[0].hats.values()  # one buffer, a static ring
+        out["public_copies"] = {r: t.clone() for r, t in copies.items()}
     return out
 
 
@@ -70,6 +73,8 @@ CASES = [
     ("q-saddle", "atc", "int8", 1),
     ("n-saddle", "awc", "none", 3),  # raises on a neighbour's model, in the cross-gradient passes
     ("n-saddle", "atc", "none", 5),
+    ("n-saddle", "awc", "int8", 1),  # before the model round completes (compressed: public copies)
+    ("n-saddle", "atc", "int8", 3),  # in the cross passes, before the compressed cross round
     ("allreduce", "awc", "none", 1),
 ]
 
@@ -87,6 +92,10 @@ def test_a_closure_that_raises_leaves_the_pre_step_model_and_the_job_goes_on(alg
             assert "error" not in r
     # Same consensus distance reported everywhere: every rank took part in the same collective.
     assert len({round(r["consensus"], 12) for r in results.values()}) == 1
+    if comp != "none" and alg in ("ngm", "n-saddle"):  # CHOCO: every copy of x̂_j equals j's own
+        for holder, r in results.items():
+            for j, copy in r["public_copies"].items():
+                assert torch.equal(copy, results[j]["public_copies"][j]), (holder, j)
 
 
 def _split(rank: int, world: int) -> dict:

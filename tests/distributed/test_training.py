@@ -70,23 +70,25 @@ def ddp_losses(ddp: nn.Module, rank: int, steps: int = 60) -> list[float]:
 
 
 # --- every algorithm trains ------------------------------------------------------------------------
-ALGOS = ["dsgd", "qgm", "sam-dsgd", "q-saddle", "ngm", "n-saddle", "allreduce"]
+ALGOS = ["dsgd", "qgm", "sam-dsgd", "q-saddle", "ngm", "n-saddle", "allreduce", "n-saddle@int8"]
 
 
 def _train_all(rank: int, world: int, steps: int) -> dict:
     st.init(topology="ring", timeout=timedelta(seconds=60))
     results = {}
-    for algo in ALGOS:
+    for config in ALGOS:
+        algo, _, comp = config.partition("@")
+        dtype = torch.float32 if comp else torch.float64  # compressed gossip is float32
         for order in ("awc", "atc") if algo in ("q-saddle", "n-saddle") else ("awc",):
-            model = _model()
+            model = _model().to(dtype)
             momentum = 0.0 if "q" in algo.split("-")[0] else 0.9
             inner = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
-            opt = st.DistributedOptimizer(inner, model, algorithm=algo, order=order)
+            opt = st.DistributedOptimizer(inner, model, algorithm=algo, order=order, compression=comp or None)
             start = _averaged_model_loss(model, world)
             for step in range(steps):
                 x, y = _data(rank, 32, step + 1)
-                opt.step(_closure(model, opt, x, y))
-            results[f"{algo}/{order}"] = {
+                opt.step(_closure(model, opt, x.to(dtype), y))
+            results[f"{config}/{order}"] = {
                 "start": start,
                 "end": _averaged_model_loss(model, world),
                 "consensus": st.consensus_distance(model),
@@ -173,15 +175,20 @@ def test_allreduce_gives_ddp_parameters() -> None:
 
 
 # --- checkpoint, kill, resume ----------------------------------------------------------------------
-def _train_phase(rank: int, world: int, path: str, start: int, stop: int, mode: str) -> list | None:
+def _train_phase(
+    rank: int, world: int, path: str, start: int, stop: int, mode: str, alg: str, comp: str
+) -> list | None:
     st.init(topology="one_peer_exponential", timeout=timedelta(seconds=60))
-    model = _model()
-    opt = st.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), model, algorithm="q-saddle")
+    dtype = torch.float64 if comp == "none" else torch.float32  # compressed gossip is float32
+    model = _model().to(dtype)
+    opt = st.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), model, algorithm=alg, compression=comp
+    )
     if start > 0:
         st.load_checkpoint(path, model, opt)
     for step in range(start, stop):
         x, y = _data(rank, 16, step)
-        x = x + 0.01 * torch.randn_like(x)  # consumes the RNG: resume must restore it too
+        x = (x + 0.01 * torch.randn_like(x)).to(dtype)  # consumes the RNG: resume must restore it too
         opt.step(_closure(model, opt, x, y))
     if mode == "save-and-die":
         st.save_checkpoint(path, model, opt)
@@ -190,14 +197,30 @@ def _train_phase(rank: int, world: int, path: str, start: int, stop: int, mode: 
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_checkpoint_kill_resume_is_bit_for_bit(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("alg", "comp"),
+    [
+        ("q-saddle", "none"),
+        ("n-saddle", "int8"),  # per-neighbour CHOCO copies per phase, per-link cross-gradient errors
+    ],
+)
+def test_checkpoint_kill_resume_is_bit_for_bit(tmp_path, alg: str, comp: str) -> None:
     world, path = 4, str(tmp_path / "ckpt-{rank}.pt")
-    straight = run_ranks(_train_phase, world, path, 0, 6, "run")
+    straight = run_ranks(_train_phase, world, path, 0, 6, "run", alg, comp)
     run_ranks(
-        _train_phase, world, path, 0, 3, "save-and-die", allow_missing=set(range(world)), wait_for_exit=True
+        _train_phase,
+        world,
+        path,
+        0,
+        3,
+        "save-and-die",
+        alg,
+        comp,
+        allow_missing=set(range(world)),
+        wait_for_exit=True,
     )
     assert all(os.path.exists(path.format(rank=r)) for r in range(world))
-    resumed = run_ranks(_train_phase, world, path, 3, 6, "run")
+    resumed = run_ranks(_train_phase, world, path, 3, 6, "run", alg, comp)
     for rank in range(world):
         for a, b in zip(straight[rank], resumed[rank], strict=True):
             assert torch.equal(a, b), rank

@@ -267,11 +267,17 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path) -> None:
     assert (tmp_path / "ck.rank0").exists()
 
 
-def test_cross_gradients_refuse_compression() -> None:
+def test_compressed_cross_gradients_refuse_what_they_cannot_do() -> None:
     m = _model().float()
-    with pytest.raises(ValueError, match="exact models"):
+    naive = st.Compression.int8.without_error_feedback()
+    with pytest.raises(ValueError, match="error feedback only"):
         st.DistributedOptimizer(
-            torch.optim.SGD(m.parameters(), lr=0.1), m, algorithm="n-saddle", compression="int8"
+            torch.optim.SGD(m.parameters(), lr=0.1), m, algorithm="n-saddle", compression=naive
+        )
+    d = _model().double()
+    with pytest.raises(ValueError, match="float32 parameters, this model has torch.float64"):
+        st.DistributedOptimizer(
+            torch.optim.SGD(d.parameters(), lr=0.1), d, algorithm="ngm", compression="int8"
         )
 
 
