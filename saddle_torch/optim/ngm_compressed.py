@@ -61,7 +61,7 @@ class NeighbourChoco(Phase):
         self.comp = comp
         # (buffer, phase) → {rank: x̂_rank} for this rank and the phase's in-neighbours (flat, CPU).
         self.hats: dict[tuple[BufferKey, int], dict[int, torch.Tensor]] = {}
-        self._digest: int | None = None  # topology the copies belong to (set_topology starts afresh)
+        self._topology: object | None = None  # the topology the copies belong to (set_topology: afresh)
         self._pending: list[tuple[BufferKey, int, int, torch.Tensor, list[torch.Tensor], Any]] = []
         self._posted = False
         self._gamma: float | None = None
@@ -76,7 +76,8 @@ class NeighbourChoco(Phase):
         """
         ctx, topo = rt.ctx, rt.ctx.topology
         self.hats = {}
-        self._digest = ctx.topology_digest(topo)
+        self._topology = topo
+        self._gamma = ctx.resolve_gamma(rt.config.gamma, self.comp)  # "auto": tuned for this topology
         for key, x in rt.flat.buffers.items():
             flat = x.detach().to("cpu", torch.float32, copy=True).reshape(-1)
             start = flat if ctx.same_on_every_rank(flat, rt.name(key)) else torch.zeros_like(flat)
@@ -86,7 +87,7 @@ class NeighbourChoco(Phase):
 
     def _copies(self, rt: SaddleRuntime, key: BufferKey, step: int) -> dict[int, torch.Tensor]:
         topo = rt.ctx.topology
-        if self._digest != rt.ctx.topology_digest(topo):  # set_topology since the last round
+        if self._topology is not topo:  # set_topology since the last round (collective, as it is)
             self.prime(rt)
         return self.hats[(key, step % topo.period)]
 
@@ -133,29 +134,28 @@ class NeighbourChoco(Phase):
     def _mix(self, rt: SaddleRuntime, run: StepRun) -> None:
         """Mix: x ← x + γ Σ_j w_ij (x̂_j − x̂_i)."""
         ctx, rank, step = rt.ctx, rt.ctx.rank, run.model_step
-        if self._gamma is None:
-            self._gamma = ctx.resolve_gamma(rt.config.gamma, self.comp)
+        self._copies(rt, next(iter(rt.flat.buffers)), step)  # re-primed (and γ re-tuned) after set_topology
+        gamma = self._gamma
+        assert gamma is not None  # set by prime()
         weights = ctx.topology.weights(rank, step)
         ins = ctx.topology.in_neighbors(rank, step)
         for key, x in rt.flat.buffers.items():
             copies = self._copies(rt, key, step)
             delta = torch.zeros_like(copies[rank])
             _ops.weighted_sum_(
-                delta, 0.0, [copies[j] - copies[rank] for j in ins], [self._gamma * weights[j] for j in ins]
+                delta, 0.0, [copies[j] - copies[rank] for j in ins], [gamma * weights[j] for j in ins]
             )
             with torch.no_grad():
                 x.add_(delta.view(x.shape).to(x.device, x.dtype))
             monitor = self._monitors.get(key)
             if monitor is None:
-                monitor = self._monitors[key] = ResidualMonitor(rt.name(key), self._gamma, self.comp)
+                monitor = self._monitors[key] = ResidualMonitor(rt.name(key), gamma, self.comp)
             monitor.observe(x.detach().to("cpu").reshape(-1), copies[rank])
 
     # -- phases ---------------------------------------------------------------------------------------
     @override
     def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
         self._posted = False
-        if self._gamma is None:  # "auto" is collective the first time: before any round of the step
-            self._gamma = rt.ctx.resolve_gamma(rt.config.gamma, self.comp)
         if rt.config.order == "awc":
             self._post(rt, run)
 
@@ -187,7 +187,8 @@ class NeighbourChoco(Phase):
     @override
     def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
         saved = state["neighbour_choco"]
-        self._digest = rt.ctx.topology_digest(rt.ctx.topology)
+        if self._topology is not rt.ctx.topology:
+            self.prime(rt)
         mine = {
             _SEP.join((key.name(), str(phase), str(r))): t
             for (key, phase), copies in self.hats.items()
