@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-dir", default=None, help="where the data set's files are (default depends on --dataset)")
     a("--download", action="store_true", help="cifar10: download into --data-dir when missing")
     a("--model", choices=models.MODELS, default="cnn")
-    a("--width", type=int, default=32, help="cnn: channels of the first convolution (cost grows as width²)")
+    a("--width", type=int, default=32, help="cnn: channels of the first convolution; mlp: hidden units")
     a("--algorithm", choices=list(st.ALGORITHMS), default="q-saddle")
     a("--topology", default="ring", help="passed to saddle_torch.init (ring, torus, exponential, ...)")
     a("--partition", choices=("dirichlet", "shards"), default="dirichlet")
@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, default=5e-4)
     a("--rho", type=float, default=0.05, help="SAM radius (SAM algorithms)")
     a("--order", choices=("awc", "atc"), default="atc")
+    a(
+        "--cross-sam",
+        choices=("on", "off"),
+        default="on",
+        help="n-saddle: the cross-gradients are sharpness-aware too (off: plain cross-gradients)",
+    )
     a(
         "--compression",
         default="none",
@@ -269,6 +275,7 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
         gamma=gamma,
         compression=compression if compression is not None else st.Compression.none,
         qg_adam=args.qg_adam,
+        cross_sam=args.cross_sam == "on",
     )
 
 

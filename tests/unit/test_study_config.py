@@ -175,3 +175,17 @@ def test_study_wide_flags_reach_train_py_before_the_configuration_extras():
     args = argparse.Namespace(**{**names, "schedule": "step", "train_subset": 6000, "rho": 0.1})
     assert study.study_flags(args) == ["--schedule", "step", "--train-subset", "6000", "--rho", "0.1"]
     assert study.parse_args([]).sharpness_samples == 2048  # the study measures sharpness by default
+
+
+def test_the_study_mlp_and_the_cross_sam_flag():
+    train = _train()
+    models = train.sibling("models")
+    import torch
+
+    mlp = models.build("mlp", (1, 28, 28), 10, width=16)
+    assert mlp(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert sum(p.numel() for p in mlp.parameters()) == 784 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
+    assert train.parse_args(["--model", "mlp"]).cross_sam == "on"
+    assert train.parse_args(["--cross-sam", "off"]).cross_sam == "off"
+    study = _study()
+    assert study.parse_config("n-saddle@int8+cross_sam=off") == ("n-saddle", "int8", ["--cross-sam", "off"])
