@@ -275,7 +275,7 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
         gamma=gamma,
         compression=compression if compression is not None else st.Compression.none,
         qg_adam=args.qg_adam,
-        cross_sam=args.cross_sam == "on",
+        cross_sam=getattr(args, "cross_sam", "on") == "on",  # finetune.py has no --cross-sam
     )
 
 
