@@ -28,7 +28,13 @@ from saddle_torch import topology as _topology
 from saddle_torch.checkpoint import load_checkpoint, save_checkpoint
 from saddle_torch.compression import Compression
 from saddle_torch.context import GossipContext, GossipHandle, current, set_current
-from saddle_torch.errors import CorruptMessageError, DifferentStartWarning, MismatchError, PeerError
+from saddle_torch.errors import (
+    CorruptMessageError,
+    DifferentStartWarning,
+    FencedError,
+    MismatchError,
+    PeerError,
+)
 from saddle_torch.flat import FlatParameters
 from saddle_torch.optim import ALGORITHMS, DistributedOptimizer
 
@@ -50,6 +56,8 @@ def init(
     weights: str = "uniform",
     process_group: dist.ProcessGroup | None = None,
     compression: Compression | str | None = None,
+    *,
+    elastic: bool = False,
 ) -> GossipContext:
     """Initialise saddle_torch on every rank (collective).
 
@@ -66,6 +74,11 @@ def init(
         process_group: use this group instead of the default one (it needs a CPU/Gloo backend).
         compression: default compression of every gossip round (``None``: exact), e.g.
             ``Compression.int8`` or ``Compression.topk(0.1)``; CHOCO error feedback is applied.
+        elastic: survive dead and stalled ranks (launch with ``python -m saddle_torch.run``): when a
+            rank dies, the others agree on the survivors, rebuild the group and the topology over them
+            and carry on from their own models; ``DistributedOptimizer.step`` retries the step on
+            the new group (docs/errors.md, "Elastic training"). A rank dropped while it was stalled
+            gets :class:`FencedError`.
 
     Returns:
         The :class:`GossipContext` now installed as the default (a second call with the same
@@ -79,6 +92,8 @@ def init(
 
     if context._current is not None:
         return _same_init(context._current, topology, timeout, weights, process_group, compression)
+    if elastic:
+        return _init_elastic(topology, timeout, weights, process_group, compression)
     if process_group is None:
         if not dist.is_initialized():
             if "RANK" not in os.environ:
@@ -95,6 +110,39 @@ def init(
     size = dist.get_world_size(process_group)
     topo = _topology.resolve(topology, size, weights)
     ctx = GossipContext(process_group, topo, timeout, compression)
+    set_current(ctx)
+    return ctx
+
+
+def _init_elastic(
+    topology: Any,
+    timeout: timedelta,
+    weights: str,
+    process_group: dist.ProcessGroup | None,
+    compression: Compression | str | None,
+) -> GossipContext:
+    """:func:`init` with ``elastic=True``: the default group is rebuilt on the survivors after a failure."""
+    from saddle_torch.elastic.membership import key
+    from saddle_torch.elastic.runtime import ElasticRuntime, connect_store
+
+    if process_group is not None:
+        raise ValueError(
+            "init(elastic=True) builds its own groups (a new one after every membership change); "
+            "do not pass process_group="
+        )
+    store = connect_store(timeout)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "gloo",
+            store=dist.PrefixStore(key(0, "pg") + "/", store),
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            timeout=timeout,
+        )
+    group = dist.group.WORLD
+    topo = _topology.resolve(topology, dist.get_world_size(group), weights)
+    ctx = GossipContext(group, topo, timeout, compression)
+    ctx.elastic = ElasticRuntime(ctx, store, topology, weights, join_window=timeout)
     set_current(ctx)
     return ctx
 
@@ -361,6 +409,7 @@ __all__ = [
     "consensus_distance",
     "stats",
     "PeerError",
+    "FencedError",
     "MismatchError",
     "DifferentStartWarning",
     "CorruptMessageError",

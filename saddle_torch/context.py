@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -112,6 +113,26 @@ class GossipContext:
         self._registered: dict[str, list[int]] = {}
         self._steps: dict[str, int] = {}
         self._prefixes: dict[str, int] = {}
+        self.elastic: Any = None  # ElasticRuntime under init(elastic=True): survives dead peers
+
+    def rebind(self, group: dist.ProcessGroup, topology: Topology) -> None:
+        """Move onto a new group (elastic training, after a membership change; collective).
+
+        A new engine on ``group`` with ``topology``; CHOCO state, residual monitors, gossip handshakes
+        and round counters start afresh, on every member alike. The old engine must be closed.
+        """
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self._check_topology_agreement(topology)
+        self.topology = topology
+        self._digest = self.topology_digest(topology)
+        backend = group._get_backend(torch.device("cpu"))
+        self.engine = _ops.GossipEngine(backend, topology._native, self.timeout.total_seconds())
+        self.choco.clear()
+        self._residuals.clear()
+        self._registered.clear()
+        self._steps.clear()
 
     # -- topology -------------------------------------------------------------------------------
     def set_topology(self, topology: Topology) -> None:
@@ -375,6 +396,8 @@ class GossipContext:
 
     def close(self) -> None:
         """Stop the engine and release the process group (idempotent); later rounds raise."""
+        if self.elastic is not None:
+            self.elastic.close()
         self.engine.close()
 
 

@@ -19,6 +19,14 @@ CorruptMessageError.__doc__ = (
 CorruptMessageError.__module__ = "saddle_torch"
 
 
+class FencedError(RuntimeError):
+    """Elastic training: the other ranks went on without this one (it stalled past the timeout).
+
+    Its model is stale; the process must exit (restart it to rejoin). Not a :class:`PeerError`: a
+    training loop that retries on ``PeerError`` must not retry this.
+    """
+
+
 class MismatchError(ValueError):
     """Ranks registered different tensors (shape, dtype or compression) under the same gossip name."""
 
@@ -46,4 +54,11 @@ def peer_failures(what: str, rank: int) -> Iterator[None]:
         ) from exc
 
 
-__all__ = ["CorruptMessageError", "DifferentStartWarning", "MismatchError", "PeerError", "peer_failures"]
+__all__ = [
+    "CorruptMessageError",
+    "DifferentStartWarning",
+    "FencedError",
+    "MismatchError",
+    "PeerError",
+    "peer_failures",
+]

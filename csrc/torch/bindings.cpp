@@ -131,6 +131,9 @@ void bind_engine(py::module_& m) {
       .def("finish", &st::GossipEngine::finish, py::call_guard<py::gil_scoped_release>())
       .def("close", &st::GossipEngine::close, py::call_guard<py::gil_scoped_release>(),
            "Stop the worker and release the process group (idempotent); later rounds raise")
+      .def("abort", &st::GossipEngine::abort, py::arg("reason"), py::call_guard<py::gil_scoped_release>(),
+           "Give up on every round in flight and refuse new ones (PeerError carrying reason)")
+      .def("broken", &st::GossipEngine::broken, "Whether a round failed or abort() was called")
       .def("stats",
            [](const st::GossipEngine& e) {
              const st::EngineStats s = e.stats();

@@ -76,6 +76,13 @@ void GossipEngine::close() {
   queue_cv_.notify_all();
   if (sender_.joinable()) sender_.join();  // first: the worker may wait for a round's sends
   if (worker_.joinable()) worker_.join();
+  if (broken()) {
+    // Rounds given up on (abort, or a failure the caller never finished) may still have receives
+    // pending in Gloo: their buffers must outlive the transport, which a broken engine keeps.
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    new std::vector<std::shared_ptr<Round>>(std::move(retired_));
+    retired_.clear();
+  }
   drain_retired();
   c10::intrusive_ptr<c10d::Backend> backend;
   {
@@ -87,8 +94,45 @@ void GossipEngine::close() {
       new std::vector<std::shared_ptr<Round>>(std::move(graveyard_));
     }
     backend = std::move(backend_);
+    if (!broken_reason_.empty()) {
+      // Destroying a Gloo group whose peer died or stalled joins threads that may be blocked on that
+      // peer until the timeout, and its pairs may still touch the graveyard's buffers: keep it.
+      new c10::intrusive_ptr<c10d::Backend>(std::move(backend));
+    }
   }
   backend.reset();  // outside the lock: may destroy the process group and join its threads
+}
+
+void GossipEngine::abort(const std::string& reason) {
+  std::vector<std::shared_ptr<Round>> rounds;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    if (broken_reason_.empty()) broken_reason_ = "aborted: " + reason;
+    aborted_ = true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    rounds.assign(queue_.begin(), queue_.end());
+    if (waiting_) rounds.push_back(waiting_);
+  }
+  // Receives are posted before a round is queued; a compressed round's sends once the sender thread
+  // has encoded it (sends_posted_). A work posted later is aborted by the worker (wait_round).
+  for (const auto& round : rounds) {
+    for (auto& work : round->recvs_) work->abort();
+    bool sends_posted = false;
+    {
+      std::lock_guard<std::mutex> lock(round->mu_);
+      sends_posted = round->sends_posted_;
+    }
+    if (sends_posted)
+      for (auto& work : round->sends_) work->abort();
+  }
+}
+
+bool GossipEngine::broken() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !broken_reason_.empty();
 }
 
 void GossipEngine::set_topology(std::shared_ptr<topology::Topology> topology) {
@@ -347,8 +391,13 @@ void GossipEngine::worker_loop() {
       if (queue_.empty()) return;  // stop_ and nothing left to wait for
       round = std::move(queue_.front());
       queue_.pop_front();
+      waiting_ = round;
     }
     wait_round(*round);
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      waiting_.reset();
+    }
     if (round->completion_) {
       // Nobody will call finish(): mix here, release the buffers, complete the caller's future.
       std::string error;
@@ -399,8 +448,15 @@ void GossipEngine::wait_round(Round& round) {
   };
   auto wait_one = [&](c10d::Work& work, const char* what, int peer) {
     try {
-      work.wait(budget());
-      return true;
+      if (aborted_) work.abort();  // an abort() that came before this work was waited for
+      if (work.wait(budget()) || !aborted_) return true;
+      // Gloo returns false from an aborted wait: the round did not complete.
+      if (error.empty()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        error = "rank " + std::to_string(rank_) + ": gossip " + what + " with neighbour " + std::to_string(peer) +
+                " (step " + std::to_string(round.options_.step) + ") " + broken_reason_;
+      }
+      return false;
     } catch (const std::exception& e) {
       if (!error.empty()) return false;
       std::ostringstream msg;

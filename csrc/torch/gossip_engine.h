@@ -169,6 +169,14 @@ class GossipEngine {
   // take the GIL to free the tensors they hold. Rounds started afterwards raise.
   void close();
 
+  // Gives up on every round in flight and refuses new ones, as a transport failure would: waits
+  // blocked on a neighbour return at once and raise PeerError carrying `reason`. For elastic
+  // training: a rank that learns the membership is changing must not wait out the timeout on a
+  // neighbour that has already stopped gossiping. Idempotent; the first reason is kept. Thread-safe.
+  void abort(const std::string& reason);
+  // Whether a round failed or abort() was called (new rounds raise PeerError).
+  bool broken() const;
+
  private:
   // Refuses new rounds after a failure, gives the round its tag; returns the current topology.
   std::shared_ptr<topology::Topology> open_round(Round& round);
@@ -212,9 +220,11 @@ class GossipEngine {
   std::condition_variable queue_cv_;
   std::deque<std::shared_ptr<Round>> queue_;       // rounds the worker waits for, in start order
   std::deque<std::shared_ptr<Round>> send_queue_;  // compressed rounds the sender encodes, in order
+  std::shared_ptr<Round> waiting_;  // the round the worker is waiting for (abort() reaches it)
   std::vector<std::shared_ptr<Round>> retired_;  // waited by the worker; freed by drain_retired()
   bool stop_ = false;
   bool closed_ = false;  // guarded by mu_
+  std::atomic<bool> aborted_{false};  // abort() was called: a work that returns false was aborted
   std::thread sender_;  // encodes compressed messages and posts their sends
   std::thread worker_;  // waits for each round's messages, accumulating them as they arrive
 };

@@ -23,7 +23,7 @@ from saddle_torch import context
 from saddle_torch.compression import Compression
 from saddle_torch.compression import resolve as resolve_compression
 from saddle_torch.context import GossipContext
-from saddle_torch.errors import DifferentStartWarning, peer_failures
+from saddle_torch.errors import DifferentStartWarning, PeerError, peer_failures
 from saddle_torch.flat import BufferKey, FlatParameters
 from saddle_torch.optim import step as seq
 from saddle_torch.optim.algorithms import ALGORITHMS, Algorithm
@@ -146,22 +146,19 @@ class _DistributedOptimizer:
                     "after the second"
                 )
             )
-        follow_model(rt)
-        if closure is None:
-            rt.flat.attach_grads()
-        run = seq.begin(rt)
-        try:
-            loss = None if closure is None else seq.evaluate(rt, closure)
-            seq.gradient(rt, run, closure)
-            seq.finish(rt, run)
-        except BaseException as exc:
-            seq.abort(rt, exc)
-            raise
-        finally:
-            if rt.replay is not None:
-                rt.replay.clear()
-        rt.mark_stepped()
-        return loss
+        elastic = rt.ctx.elastic
+        while True:
+            if elastic is not None and elastic.behind > 0:
+                return _skip_step(rt, closure)
+            try:
+                loss = _attempt(rt, closure)
+            except PeerError as exc:
+                if elastic is None:
+                    raise
+                elastic.recover(exc, rt.step)  # the survivors' new group; FencedError if dropped
+                continue  # the step again, on the new group (or skipped, to line up)
+            rt.mark_stepped()
+            return loss
 
     def first_step(self, zero_grad: bool = False) -> None:
         """First half of a SAM step, after the first ``backward()``: start gossip, perturb ``x``.
@@ -284,6 +281,39 @@ class _DistributedOptimizer:
             rt.ctx.choco.set(rt.name(by_name[name]) + (f"@{phase}" if phase else ""), *state)
 
 
+def _attempt(rt: SaddleRuntime, closure: Closure | None) -> Any:
+    """One try of a step; on any exception x is restored and the rounds completed (``seq.abort``)."""
+    follow_model(rt)
+    if closure is None:
+        rt.flat.attach_grads()
+    run = seq.begin(rt)
+    try:
+        loss = None if closure is None else seq.evaluate(rt, closure)
+        seq.gradient(rt, run, closure)
+        seq.finish(rt, run)
+    except BaseException as exc:
+        seq.abort(rt, exc)
+        raise
+    finally:
+        if rt.replay is not None:
+            rt.replay.clear()
+    return loss
+
+
+def _skip_step(rt: SaddleRuntime, closure: Closure | None) -> Any:
+    """Elastic: a step this rank leaves out after a membership change, to line up with the others.
+
+    A survivor that was behind the most advanced one when the membership changed (by at most the
+    graph's diameter, usually one step) counts its missing steps as taken without changing x, so
+    that every survivor's next gossip round is the same step. The closure runs once, for the loss.
+    """
+    rt.ctx.elastic.behind -= 1
+    loss = None if closure is None else seq.evaluate(rt, closure)
+    rt.step += 1
+    rt.mark_stepped()
+    return loss
+
+
 def _phases(rt: SaddleRuntime, optimizer: torch.optim.Optimizer) -> list[Phase]:
     """The algorithm as phases, in the order the sequencer calls them."""
     alg, cfg = rt.config.algorithm, rt.config
@@ -388,6 +418,11 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     if alg.qgm:
         check_optimizer(algorithm, beta, optimizer)
     ctx = ctx or context.current()
+    if ctx.elastic is not None and ctx._prefixes.get("opt", 0):
+        raise ValueError(
+            "elastic training supports one DistributedOptimizer per job (every survivor must line up "
+            "its steps after a membership change); wrap one optimizer over all parameter groups"
+        )
     comp = ctx.compression if compression is None else resolve_compression(compression)
     if alg.cross and comp is not None:
         check_compression(comp, [p.dtype for g in optimizer.param_groups for p in g["params"]])

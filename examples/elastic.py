@@ -1,0 +1,153 @@
+"""Elastic gossip training on scikit-learn's digits: kill a rank, watch the others carry on.
+
+    python -m saddle_torch.run --nproc 8 examples/elastic.py                 # then kill -9 a worker
+    python -m saddle_torch.run --nproc 8 examples/elastic.py --kill 3@100    # rank 3 kills itself
+
+Each rank trains an MLP on its own shard of the digits (1,437 training images split over the ranks at
+launch) with q-saddle on a ring. ``--kill R@S`` makes rank R SIGKILL itself at step S, ``--stop R@S``
+SIGSTOP itself (something else must SIGCONT it: it is then fenced and exits). At the end the
+survivors average their models exactly and rank 0 prints the test accuracy; ``--out DIR`` writes
+``result.json`` (rank 0) and ``rank<R>.json`` (every survivor) for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import saddle_torch as st
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--algorithm", default="q-saddle")
+    p.add_argument("--topology", default="ring")
+    p.add_argument("--compression", default=None, help="e.g. int8")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds before a silent neighbour is given up"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kill", action="append", default=[], metavar="RANK@STEP", help="SIGKILL RANK at STEP")
+    p.add_argument("--stop", action="append", default=[], metavar="RANK@STEP", help="SIGSTOP RANK at STEP")
+    p.add_argument("--step-seconds", type=float, default=0.0, help="sleep per step (a demo you can watch)")
+    p.add_argument("--out", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def _at(specs: list[str], rank: int) -> int | None:
+    for spec in specs:
+        r, s = spec.split("@")
+        if int(r) == rank:
+            return int(s)
+    return None
+
+
+def load_digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardised digits, 80/20 train/test split (the same on every rank)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    x, y = sk_digits(return_X_y=True)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    xs, ys = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    return xs[order[:cut]], ys[order[:cut]], xs[order[cut:]], ys[order[cut:]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, surviving failures; print and write the averaged model's test accuracy."""
+    args = parse_args(argv)
+    ctx = st.init(
+        topology=args.topology,
+        timeout=timedelta(seconds=args.timeout),
+        compression=args.compression,
+        elastic=True,
+    )
+    me, world = ctx.elastic.original_rank, ctx.size
+    x, y, x_test, y_test = load_digits(args.seed)
+    shard = torch.arange(len(x))[me::world]  # this rank's data, fixed at launch
+    torch.manual_seed(args.seed)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    st.broadcast_parameters(model.state_dict(), root_rank=0)
+    opt = st.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=args.lr), model, algorithm=args.algorithm
+    )
+    kill_at, stop_at = _at(args.kill, me), _at(args.stop, me)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"pid{me}").write_text(str(os.getpid()))  # for whoever sends SIGCONT
+    if me == 0:
+        print(
+            f"elastic: {world} ranks, pids in the launcher's process tree; rank {me} pid {os.getpid()}",
+            flush=True,
+        )
+    gen = torch.Generator().manual_seed(args.seed * 1000 + me)
+    slowest, started = 0.0, time.monotonic()
+    for step in range(args.steps):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        idx = shard[torch.randint(len(shard), (args.batch,), generator=gen)]
+
+        def closure(idx: torch.Tensor = idx) -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            return loss
+
+        t0 = time.monotonic()
+        loss = opt.step(closure)
+        slowest = max(slowest, time.monotonic() - t0)
+        if args.step_seconds:
+            time.sleep(args.step_seconds)
+        if st.rank() == 0 and (step + 1) % 50 == 0:
+            print(f"step {step + 1}: loss {float(loss.detach()):.3f}, {st.size()} ranks", flush=True)
+    with torch.no_grad():
+        flat = torch.cat([p.reshape(-1) for p in model.parameters()])
+        mean = flat.clone()
+        dist.all_reduce(mean)
+        mean /= st.size()
+        distance = float((flat - mean).norm())
+        torch.nn.utils.vector_to_parameters(mean, model.parameters())
+        acc = float((model(x_test).argmax(1) == y_test).float().mean()) * 100
+    history = [
+        {"epoch": a.epoch, "members": a.members, "departed": a.departed, "steps": a.steps}
+        for a in ctx.elastic.history
+    ]
+    mine = {
+        "rank": me,
+        "slowest_step_seconds": slowest,
+        "seconds": time.monotonic() - started,
+        "distance_to_mean": distance,
+        "history": history,
+    }
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"rank{me}.json").write_text(json.dumps(mine))
+    if st.rank() == 0:
+        result = {"accuracy": acc, "members": ctx.elastic.members, "history": history}
+        print(f"averaged model of {st.size()} ranks: test accuracy {acc:.2f}%", flush=True)
+        if args.out is not None:
+            (args.out / "result.json").write_text(json.dumps(result))
+    st.shutdown()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
