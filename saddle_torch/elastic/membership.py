@@ -9,9 +9,10 @@ rank is its position). When a rank fails a gossip round, or learns that another 
 2. Each survivor appends ``<original rank>:<completed steps>`` to ``e/alive`` (an atomic append).
 3. The list is closed once every member of ``e`` has registered, is known dead (the launcher writes
    ``dead/<rank>`` when a process exits) or is suspected (a neighbour's round with it timed out or
-   its connection closed), or when the join window has passed. Closing is one ``compare_set`` of
-   ``e/final`` to the list as it stands: the first rank to close wins and every rank reads the same
-   value, so all survivors agree on the members of ``e + 1`` without a coordinator.
+   its connection closed) for 3 s without registering, or when the join window has passed.
+   Closing is one ``compare_set`` of ``e/final`` to the list as it stands: the first rank to close
+   wins and every rank reads the same value, so all survivors agree on the members of ``e + 1``
+   without a coordinator.
 4. A rank whose registration is not in ``e/final`` was dropped (it stalled past the timeout and came
    back): it is fenced and must exit (:class:`saddle_torch.FencedError`), never rejoin with a stale model.
 """
@@ -28,6 +29,7 @@ from saddle_torch.errors import FencedError
 
 PREFIX = "saddle/elastic/"
 POLL_SECONDS = 0.05
+SUSPECT_GRACE_SECONDS = 3.0  # how long a suspected (not known dead) rank has to register
 
 
 def key(*parts: object) -> str:
@@ -100,15 +102,24 @@ class Membership:
         e, store = self.epoch, self.store
         store.append(key(e, "alive"), f"{self.original_rank}:{completed_steps};")
         deadline = time.monotonic() + self.join_window.total_seconds()
+        grace = min(SUSPECT_GRACE_SECONDS, self.join_window.total_seconds())
+        suspected_since: dict[int, float] = {}
         final_key = key(e, "final")
         while not store.check([final_key]):
             raw = store.get(key(e, "alive"))
             alive = parse_alive(raw)
-            gone = [
-                r
-                for r in self.members
-                if r not in alive and (store.check([key("dead", r)]) or store.check([key(e, "suspect", r)]))
-            ]
+            now = time.monotonic()
+            gone = []
+            for r in self.members:
+                if r in alive:
+                    continue
+                if store.check([key("dead", r)]):
+                    gone.append(r)
+                elif store.check([key(e, "suspect", r)]):
+                    # Timeouts cascade: a live rank blocked behind a stalled one is suspected by its
+                    # own neighbours too. It registers as soon as it is aborted; give it the grace.
+                    if now - suspected_since.setdefault(r, now) >= grace:
+                        gone.append(r)
             if len(alive) + len(gone) >= len(self.members) or time.monotonic() > deadline:
                 store.compare_set(final_key, "", raw)  # the first to close wins; others read it
                 break
