@@ -401,14 +401,15 @@ def main() -> None:
                 results[(alpha, config)].append(_run(args, alpha, config, seed))
     table = _report(args, results, time.monotonic() - t0)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(table + "\n")
-    _write_runs_csv(results, args.out / "runs.csv")
-    _plot(results, args.out / "accuracy.png")
-    if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(table + "\n")
-    print(f"table: {args.out / 'table.md'}; runs: {args.out / 'runs.csv'}; plot: {args.out / 'accuracy.png'}")
+    # With --report the files are named after it (main.md → main.csv, main.png) so that two studies
+    # sharing --out (the main runs and the ρ sweep) do not overwrite each other's.
+    base = args.report if args.report else args.out / "table.md"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    csv, png = base.with_suffix(".csv"), base.with_suffix(".png")
+    base.write_text(table + "\n")
+    _write_runs_csv(results, csv)
+    _plot(results, png)
+    print(f"table: {base}; runs: {csv}; plot: {png}")
 
 
 if __name__ == "__main__":

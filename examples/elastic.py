@@ -2,10 +2,13 @@
 
     python -m saddle_torch.run --nproc 8 examples/elastic.py                 # then kill -9 a worker
     python -m saddle_torch.run --nproc 8 examples/elastic.py --kill 3@100    # rank 3 kills itself
+    python -m saddle_torch.run --nproc 8 --restarts 1 examples/elastic.py --kill 3@100   # ... and rejoins
 
 Each rank trains an MLP on its own shard of the digits (1,437 training images split over the ranks at
 launch) with q-saddle on a ring. ``--kill R@S`` makes rank R SIGKILL itself at step S, ``--stop R@S``
-SIGSTOP itself (something else must SIGCONT it: it is then fenced and exits). At the end the
+SIGSTOP itself (something else must SIGCONT it: it is then fenced and exits). Under ``--restarts`` a
+new process replaces a dead rank: it joins at a step boundary, receives a neighbour's model and
+optimizer state, trains on the dead rank's shard from the step the job is at. At the end the
 survivors average their models exactly and rank 0 prints the test accuracy; ``--out DIR`` writes
 ``result.json`` (rank 0) and ``rank<R>.json`` (every survivor) for tests.
 """
@@ -72,33 +75,36 @@ def load_digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
 def main(argv: list[str] | None = None) -> None:
     """Train, surviving failures; print and write the averaged model's test accuracy."""
     args = parse_args(argv)
+    x, y, x_test, y_test = load_digits(args.seed)  # before init: a joiner is admitted ready to train
     ctx = st.init(
         topology=args.topology,
         timeout=timedelta(seconds=args.timeout),
         compression=args.compression,
         elastic=True,
     )
-    me, world = ctx.elastic.original_rank, ctx.size
-    x, y, x_test, y_test = load_digits(args.seed)
-    shard = torch.arange(len(x))[me::world]  # this rank's data, fixed at launch
+    me = ctx.elastic.original_rank  # a joining process has a fresh id (8, 9, ... for 8 ranks)
+    world = int(os.environ["WORLD_SIZE"])  # ranks at launch
+    # Fixed at launch; a restart takes over the dead rank's shard, a process added by --join shares one.
+    shard = torch.arange(len(x))[ctx.elastic.data_rank % world :: world]
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    st.broadcast_parameters(model.state_dict(), root_rank=0)
+    st.broadcast_parameters(model.state_dict(), root_rank=0)  # a joiner: nothing (its state comes next)
     opt = st.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=args.lr), model, algorithm=args.algorithm
     )
+    first = opt.saddle.step  # 0, or the step the job was at when this process joined
     kill_at, stop_at = _at(args.kill, me), _at(args.stop, me)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"pid{me}").write_text(str(os.getpid()))  # for whoever sends SIGCONT
     if me == 0:
         print(
-            f"elastic: {world} ranks, pids in the launcher's process tree; rank {me} pid {os.getpid()}",
+            f"elastic: {st.size()} ranks, pids in the launcher's process tree; rank {me} pid {os.getpid()}",
             flush=True,
         )
     gen = torch.Generator().manual_seed(args.seed * 1000 + me)
-    slowest, started = 0.0, time.monotonic()
-    for step in range(args.steps):
+    slowest, started, first_loss = 0.0, time.monotonic(), None
+    for step in range(first, args.steps):
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         if step == stop_at:
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
 
         t0 = time.monotonic()
         loss = opt.step(closure)
+        first_loss = float(loss.detach()) if first_loss is None else first_loss
         slowest = max(slowest, time.monotonic() - t0)
         if args.step_seconds:
             time.sleep(args.step_seconds)
@@ -135,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         "slowest_step_seconds": slowest,
         "seconds": time.monotonic() - started,
         "distance_to_mean": distance,
+        "first_step": first,
+        "first_loss": first_loss,
+        "replaces": ctx.elastic.replaces,
         "history": history,
     }
     if args.out is not None:

@@ -78,7 +78,10 @@ def init(
             rank dies, the others agree on the survivors, rebuild the group and the topology over them
             and carry on from their own models; ``DistributedOptimizer.step`` retries the step on
             the new group (docs/errors.md, "Elastic training"). A rank dropped while it was stalled
-            gets :class:`FencedError`.
+            gets :class:`FencedError`. A process the launcher starts to join (``--restarts``,
+            ``--join``) waits here until the members admit it at a step boundary; its model and
+            optimizer state arrive in ``DistributedOptimizer(...)`` and ``opt.saddle.step`` is the
+            step the job is at.
 
     Returns:
         The :class:`GossipContext` now installed as the default (a second call with the same
@@ -123,7 +126,7 @@ def _init_elastic(
 ) -> GossipContext:
     """:func:`init` with ``elastic=True``: the default group is rebuilt on the survivors after a failure."""
     from saddle_torch.elastic.membership import key
-    from saddle_torch.elastic.runtime import ElasticRuntime, connect_store
+    from saddle_torch.elastic.runtime import JOIN_ENV, ElasticRuntime, connect_store, join_job
 
     if process_group is not None:
         raise ValueError(
@@ -131,18 +134,23 @@ def _init_elastic(
             "do not pass process_group="
         )
     store = connect_store(timeout)
-    if not dist.is_initialized():
-        dist.init_process_group(
-            "gloo",
-            store=dist.PrefixStore(key(0, "pg") + "/", store),
-            rank=int(os.environ["RANK"]),
-            world_size=int(os.environ["WORLD_SIZE"]),
-            timeout=timeout,
-        )
-    group = dist.group.WORLD
-    topo = _topology.resolve(topology, dist.get_world_size(group), weights)
-    ctx = GossipContext(group, topo, timeout, compression)
-    ctx.elastic = ElasticRuntime(ctx, store, topology, weights, join_window=timeout)
+    membership = admitted = None
+    if os.environ.get(JOIN_ENV):  # started by the launcher to join a running job (--restarts, --join)
+        topo, membership, admitted = join_job(store, topology, weights, timeout)
+    else:
+        if not dist.is_initialized():
+            dist.init_process_group(
+                "gloo",
+                store=dist.PrefixStore(key(0, "pg") + "/", store),
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+                timeout=timeout,
+            )
+        topo = _topology.resolve(topology, dist.get_world_size(dist.group.WORLD), weights)
+    ctx = GossipContext(dist.group.WORLD, topo, timeout, compression)
+    ctx.elastic = ElasticRuntime(
+        ctx, store, topology, weights, join_window=timeout, membership=membership, joining=admitted
+    )
     set_current(ctx)
     return ctx
 
@@ -323,10 +331,15 @@ def broadcast_parameters(
     Args:
         state: a ``state_dict()``, a module, or an iterable of tensors / ``(name, tensor)`` pairs.
         root_rank: the rank whose values win.
+
+    In a process that joins a running elastic job this does nothing: the members are training, and
+    the model, optimizer and algorithm state arrive from one of them in ``DistributedOptimizer(...)``.
     """
     ctx = current()
     if not 0 <= root_rank < ctx.size:
         raise ValueError(f"root_rank {root_rank} out of range [0, {ctx.size})")
+    if ctx.elastic is not None and ctx.elastic.joining is not None:
+        return  # joining a running job: the model arrives from a member when the optimizer is wrapped
     tensors = [t for t in _tensors(state) if isinstance(t, torch.Tensor)]
     _check_same_layout(ctx, tensors, root_rank)
     with torch.no_grad():

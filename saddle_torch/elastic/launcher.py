@@ -5,6 +5,11 @@ the job's key-value store itself (outside the workers, so no worker's death take
 ``--nproc`` workers with torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``), and when one exits with an error or a signal it reports who died,
 tells the others through the store (so they need not wait out the timeout) and lets them go on.
+
+``--restarts K`` starts a new process in place of a failed one (at most K times in all): it joins
+the running job at a step boundary, takes the dead rank's data shard and receives a neighbour's state.
+``--join HOST:PORT`` starts ``--nproc`` processes that join a job whose launcher listens there (from
+another machine, say).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from saddle_torch.elastic.membership import key
-from saddle_torch.elastic.runtime import STORE_ENV
+from saddle_torch.elastic.membership import key, parse_ids
+from saddle_torch.elastic.runtime import ID_ENV, JOIN_ENV, REPLACES_ENV, STORE_ENV
 
 
 def _describe(code: int) -> str:
@@ -47,19 +52,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "machine only; see docs/security.md before widening it)",
     )
     p.add_argument("--port", type=int, default=0, help="store port (default: a free one)")
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=0,
+        help="start a new process in place of a failed one, at most this many times in all; it joins "
+        "the running job (default 0)",
+    )
+    p.add_argument(
+        "--join",
+        default=None,
+        metavar="HOST:PORT",
+        help="join the running job whose launcher's store listens at HOST:PORT instead of starting one",
+    )
     p.add_argument("script", help="the training script")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
     args = p.parse_args(argv)
     if args.nproc < 1:
         p.error(f"--nproc must be at least 1, got {args.nproc}")
+    if args.restarts < 0:
+        p.error(f"--restarts must be non-negative, got {args.restarts}")
+    if args.join is not None:
+        host, _, port = args.join.rpartition(":")
+        if not host or not port.isdigit():
+            p.error(f"--join takes HOST:PORT, got {args.join!r}")
     return args
 
 
-def _env(rank: int, nproc: int, host: str, port: int) -> dict[str, str]:
+def _env(
+    rank: int, nproc: int, host: str, port: int, join: bool = False, replaces: int | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         RANK=str(rank),
-        LOCAL_RANK=str(rank),
+        LOCAL_RANK=str((rank if replaces is None else replaces) % nproc),
         WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc),
         MASTER_ADDR=host,
@@ -71,23 +97,67 @@ def _env(rank: int, nproc: int, host: str, port: int) -> dict[str, str]:
     )
     env[STORE_ENV] = f"{host}:{port}"
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop(JOIN_ENV, None)
+    env.pop(REPLACES_ENV, None)
+    if join:
+        env.update({JOIN_ENV: "1", ID_ENV: str(rank)})
+        if replaces is not None:
+            env[REPLACES_ENV] = str(replaces)
     return env
+
+
+class _Job:
+    """The workers this launcher started, by id, and the store they share."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        if args.join is None:
+            self.host = args.host
+            self.store = dist.TCPStore(
+                args.host, args.port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
+            )
+            self.port = self.store.port
+            self.store.set(key("epoch"), "0")
+            self.store.set(key(0, "members"), ",".join(map(str, range(args.nproc))))
+            self.store.add(key("next_id"), args.nproc)  # ids of later processes start here
+            self.launch_size = args.nproc
+        else:
+            host, _, port = args.join.rpartition(":")
+            self.host, self.port = host, int(port)
+            self.store = dist.TCPStore(
+                host, self.port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=60)
+            )
+            self.launch_size = len(parse_ids(self.store.get(key(0, "members"))))  # WORLD_SIZE: at launch
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.joiners: set[int] = set()
+
+    def start(self, rank: int, join: bool = False, replaces: int | None = None) -> None:
+        env = _env(rank, self.launch_size, self.host, self.port, join, replaces)
+        self.procs[rank] = subprocess.Popen([sys.executable, self.args.script, *self.args.args], env=env)
+        if join:
+            self.joiners.add(rank)
+
+    def new_id(self) -> int:
+        return self.store.add(key("next_id"), 1) - 1
+
+    def members(self) -> set[int]:
+        """Ids of the current epoch's members (as the workers recorded them)."""
+        epoch = self.store.get(key("epoch")).decode()
+        return set(parse_ids(self.store.get(key(epoch, "members"))))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; returns 0 if at least one worker finished cleanly, else the first failure's code."""
     args = parse_args(argv)
-    store = dist.TCPStore(
-        args.host, args.port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
-    )
-    port = store.port
-    store.set(key("epoch"), "0")
-    procs = {
-        r: subprocess.Popen(
-            [sys.executable, args.script, *args.args], env=_env(r, args.nproc, args.host, port)
-        )
-        for r in range(args.nproc)
-    }
+    job = _Job(args)
+    store = job.store
+    if args.join is None:
+        for r in range(args.nproc):
+            job.start(r)
+    else:
+        for _ in range(args.nproc):
+            job.start(job.new_id(), join=True)
+    procs, restarts = job.procs, args.restarts
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs.values():
@@ -95,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                 p.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
-    running, codes = dict(procs), {}
-    print(f"saddle_torch.run: {args.nproc} workers, store at {args.host}:{port}", file=sys.stderr, flush=True)
+    codes: dict[int, int] = {}
+    running = dict(procs)
+    role = "joining workers" if args.join else "workers"
+    print(
+        f"saddle_torch.run: {args.nproc} {role}, store at {job.host}:{job.port}", file=sys.stderr, flush=True
+    )
+    orphaned_since: float | None = None
     try:
         while running:
             for r, p in list(running.items()):
@@ -110,17 +185,29 @@ def main(argv: list[str] | None = None) -> int:
                     store.set(key("dead", r), what)
                     epoch = store.get(key("epoch")).decode()
                     store.compare_set(key(epoch, "broken"), "", f"launcher: {what}")
+                    note = ""
+                    if restarts > 0:
+                        restarts -= 1
+                        new = job.new_id()
+                        job.start(new, join=True, replaces=r)
+                        running[new] = procs[new]
+                        note = f"; started process {new} to join in its place"
                     print(
-                        f"saddle_torch.run: {what}; {len(running)} still running",
+                        f"saddle_torch.run: {what}; {len(running)} still running{note}",
                         file=sys.stderr,
                         flush=True,
                     )
+            orphaned_since = _stop_orphans(job, running, orphaned_since)
             time.sleep(0.05)
     except KeyboardInterrupt:
         forward(signal.SIGINT, None)
         for p in procs.values():
             p.wait()
         return 130
+    if args.join is None and not _job_ended(job):  # members started by --join elsewhere use our store
+        print("saddle_torch.run: waiting for the job's other members (started with --join)", file=sys.stderr)
+        while not _job_ended(job):
+            time.sleep(0.2)
     failed = {r: c for r, c in codes.items() if c != 0}
     ok = sorted(r for r, c in codes.items() if c == 0)
     summary = f"saddle_torch.run: ranks {ok} finished"
@@ -130,6 +217,44 @@ def main(argv: list[str] | None = None) -> int:
     if ok:
         return 0
     return next(iter(failed.values())) if failed else 0
+
+
+def _members(job: _Job) -> set[int] | None:
+    try:
+        return job.members()
+    except Exception:  # noqa: BLE001 - the store is gone (--join to a job that has ended)
+        return None
+
+
+def _job_ended(job: _Job) -> bool:
+    """Whether every member of the current epoch has left (finished or dead), or the store is gone."""
+    members = _members(job)
+    try:
+        return members is None or all(
+            job.store.check([key("finished", r)]) or job.store.check([key("dead", r)]) for r in members
+        )
+    except Exception:  # noqa: BLE001 - the store went away meanwhile
+        return True
+
+
+def _stop_orphans(job: _Job, running: dict[int, subprocess.Popen], since: float | None) -> float | None:
+    """Stop joiners never admitted, 5 s after every member of the job has left."""
+    members = _members(job) or set()
+    waiting = {r for r in running if r in job.joiners and r not in members}
+    if not running or waiting != set(running) or not _job_ended(job):
+        return None
+    now = time.monotonic()
+    if since is None:
+        return now
+    if now - since > 5:
+        for r, p in running.items():
+            if p.poll() is None:
+                print(
+                    f"saddle_torch.run: stopping process {r}: the job it waits to join has ended",
+                    file=sys.stderr,
+                )
+                p.terminate()
+    return since
 
 
 __all__ = ["main", "parse_args"]

@@ -15,12 +15,21 @@ rank is its position). When a rank fails a gossip round, or learns that another 
    without a coordinator.
 4. A rank whose registration is not in ``e/final`` was dropped (it stalled past the timeout and came
    back): it is fenced and must exit (:class:`saddle_torch.FencedError`), never rejoin with a stale model.
+
+Growing uses the same list. A new process (a restart, or ``--join``) gets a fresh id (``next_id``,
+never reused, so a fenced or dead rank's keys never apply to it) and appends it to ``join``. A
+member's watcher that sees an id not yet admitted writes ``e/grow = "<step>:<ids>"`` (first writer
+wins), ``step`` far enough ahead that no member has passed it (members are at most the graph's
+diameter apart). Every member checks ``e/grow`` at the start of each step and, at that step, runs
+:meth:`Membership.agree` expecting the joiners too; a joiner registers as ``<id>:-1`` once it sees
+itself in ``e/grow`` (:func:`wait_for_admission`). Members of ``e + 1`` are the old members that
+registered, in order, then the admitted joiners by id; ``e+1/members`` records them for joiners.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch.distributed as dist
@@ -53,9 +62,99 @@ class Agreement:
     """The outcome of one membership change."""
 
     epoch: int  # the new epoch
-    members: list[int]  # original ranks, in new-rank order
+    members: list[int]  # original ranks (ids), in new-rank order: survivors, then joiners
     departed: list[int]  # original ranks of the old epoch that are gone
     steps: int  # the step every survivor continues from: the largest completed step count
+    joined: list[int] = field(default_factory=list)  # ids admitted in this change (new processes)
+    previous: list[int] = field(default_factory=list)  # members of the old epoch, in old-rank order
+
+    @property
+    def survivors(self) -> list[int]:
+        """Members of the old epoch that carry on, in new-rank order."""
+        return [r for r in self.members if r not in self.joined]
+
+
+def parse_ids(raw: bytes | str) -> list[int]:
+    """``"8;9;"`` or ``"8,9"`` → ``[8, 9]``."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return [int(t) for t in text.replace(",", ";").split(";") if t]
+
+
+def parse_grow(raw: bytes | str) -> tuple[int, list[int]]:
+    """``"140:8,9"`` (the ``e/grow`` value) → ``(140, [8, 9])``: the step and the ids it admits."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    step, _, ids = text.partition(":")
+    return int(step), parse_ids(ids)
+
+
+def close_list(
+    store: dist.Store, epoch: int, expected: list[int], join_window: timedelta, joiners: bool = False
+) -> dict[int, int]:
+    """Wait until ``epoch``'s alive list can close, close it (first closer wins) and return it.
+
+    Closes when every rank of ``expected`` registered or is known dead (``dead/<r>``) or suspected for
+    :data:`SUSPECT_GRACE_SECONDS`, or when ``join_window`` has passed. With ``joiners`` the ids of
+    ``epoch/grow`` (when set) are expected as well.
+    """
+    deadline = time.monotonic() + join_window.total_seconds()
+    grace = min(SUSPECT_GRACE_SECONDS, join_window.total_seconds())
+    suspected_since: dict[int, float] = {}
+    final_key, grow_key = key(epoch, "final"), key(epoch, "grow")
+    while not store.check([final_key]):
+        raw = store.get(key(epoch, "alive"))
+        alive = parse_alive(raw)
+        wanted = list(expected)
+        if joiners and store.check([grow_key]):
+            wanted += [j for j in parse_grow(store.get(grow_key))[1] if j not in wanted]
+        now = time.monotonic()
+        settled = 0
+        for r in wanted:
+            if r in alive or store.check([key("dead", r)]):
+                settled += 1
+            elif store.check([key(epoch, "suspect", r)]):
+                # Timeouts cascade: a live rank blocked behind a stalled one is suspected by its
+                # own neighbours too. It registers as soon as it is aborted; give it the grace.
+                if now - suspected_since.setdefault(r, now) >= grace:
+                    settled += 1
+        if settled >= len(wanted) or now > deadline:
+            store.compare_set(final_key, "", raw)  # the first to close wins; others read it
+            break
+        time.sleep(POLL_SECONDS)
+    return parse_alive(store.get(final_key))
+
+
+def next_members(previous: list[int], final: dict[int, int]) -> tuple[list[int], list[int]]:
+    """Members of the next epoch from the closed list: ``(members, joined)``."""
+    joined = sorted(r for r in final if r not in previous)
+    return [r for r in previous if r in final] + joined, joined
+
+
+def wait_for_admission(store: dist.Store, my_id: int, join_window: timedelta) -> Agreement:
+    """A joiner: request admission, wait until a membership change admits it, return that change.
+
+    Polls the current epoch's ``grow`` key; once it names ``my_id``, registers in that epoch's alive
+    list and waits for it to close. Not in the closed list (registered too late, or the change was
+    a failure that closed first): waits for the next epoch. Blocks until admitted.
+    """
+    store.append(key("join"), f"{my_id};")
+    while True:
+        e = int(store.get(key("epoch")).decode())
+        grow_key = key(e, "grow")
+        if store.check([grow_key]) and my_id in parse_grow(store.get(grow_key))[1]:
+            store.append(key(e, "alive"), f"{my_id}:-1;")
+            while not store.check([key(e, "final")]):
+                time.sleep(POLL_SECONDS)
+            final = parse_alive(store.get(key(e, "final")))
+            if my_id in final:
+                previous = parse_ids(store.get(key(e, "members")))
+                members, joined = next_members(previous, final)
+                departed = [r for r in previous if r not in final]
+                steps = max(final.values())
+                return Agreement(e + 1, members, departed, steps, joined, previous)
+            while int(store.get(key("epoch")).decode()) == e:  # the others move to e + 1 first
+                time.sleep(POLL_SECONDS)
+            continue
+        time.sleep(POLL_SECONDS)
 
 
 class Membership:
@@ -93,49 +192,44 @@ class Membership:
         """Whether some rank (or the launcher) marked the current epoch broken."""
         return self.store.check([key(self.epoch, "broken")])
 
-    def agree(self, completed_steps: int) -> Agreement:
+    def agree(self, completed_steps: int, joiners: bool = False) -> Agreement:
         """Register as alive in the current epoch and return the agreed members of the next one.
+
+        Args:
+            completed_steps: this rank's completed step count.
+            joiners: wait for the ids of the epoch's ``grow`` key too (a planned growth at a step
+                boundary; a failure does not wait for joiners, who then try the next epoch).
 
         Raises:
             FencedError: the membership closed without this rank (it was dropped while stalled).
         """
         e, store = self.epoch, self.store
         store.append(key(e, "alive"), f"{self.original_rank}:{completed_steps};")
-        deadline = time.monotonic() + self.join_window.total_seconds()
-        grace = min(SUSPECT_GRACE_SECONDS, self.join_window.total_seconds())
-        suspected_since: dict[int, float] = {}
-        final_key = key(e, "final")
-        while not store.check([final_key]):
-            raw = store.get(key(e, "alive"))
-            alive = parse_alive(raw)
-            now = time.monotonic()
-            gone = []
-            for r in self.members:
-                if r in alive:
-                    continue
-                if store.check([key("dead", r)]):
-                    gone.append(r)
-                elif store.check([key(e, "suspect", r)]):
-                    # Timeouts cascade: a live rank blocked behind a stalled one is suspected by its
-                    # own neighbours too. It registers as soon as it is aborted; give it the grace.
-                    if now - suspected_since.setdefault(r, now) >= grace:
-                        gone.append(r)
-            if len(alive) + len(gone) >= len(self.members) or time.monotonic() > deadline:
-                store.compare_set(final_key, "", raw)  # the first to close wins; others read it
-                break
-            time.sleep(POLL_SECONDS)
-        final = parse_alive(store.get(final_key))
+        final = close_list(store, e, self.members, self.join_window, joiners)
         if self.original_rank not in final:
             raise FencedError(
                 f"saddle_torch: rank {self.original_rank} was dropped from the job at membership epoch {e} "
                 f"(the others went on without it: it stalled or was cut off longer than the timeout). Its "
                 "model is stale and it must not rejoin with it: exiting. Restart the process to rejoin."
             )
-        members = [r for r in self.members if r in final]
-        departed = [r for r in self.members if r not in final]
-        store.compare_set(key("epoch"), str(e), str(e + 1))  # the launcher's view (it set "0")
+        previous = self.members
+        members, joined = next_members(previous, final)
+        departed = [r for r in previous if r not in final]
+        store.compare_set(key(e + 1, "members"), "", ",".join(map(str, members)))  # for joiners
+        store.compare_set(key("epoch"), str(e), str(e + 1))  # the launcher's and joiners' view
         self.epoch, self.members = e + 1, members
-        return Agreement(e + 1, members, departed, max(final.values()))
+        steps = max(v for r, v in final.items() if r in previous)
+        return Agreement(e + 1, members, departed, steps, joined, previous)
 
 
-__all__ = ["Agreement", "Membership", "key", "parse_alive"]
+__all__ = [
+    "Agreement",
+    "Membership",
+    "close_list",
+    "key",
+    "next_members",
+    "parse_alive",
+    "parse_grow",
+    "parse_ids",
+    "wait_for_admission",
+]

@@ -58,4 +58,75 @@ def repair(
     )
 
 
-__all__ = ["repair"]
+def _by_name(spec: Any, n: int, weights: str) -> _topology.Topology | None:
+    if isinstance(spec, str):
+        try:
+            return _topology.resolve(spec, n, weights)
+        except (ValueError, RuntimeError):
+            return None
+    return None
+
+
+def adjacency_of(topology: _topology.Topology) -> list[list[int]]:
+    """Every rank's neighbours over all phases (no self-loops)."""
+    return [
+        sorted({j for step in range(topology.period) for j in topology.neighbors(i, step)} - {i})
+        for i in range(topology.size)
+    ]
+
+
+def grow(
+    spec: Any, survivors: _topology.Topology, n: int, weights: str = "uniform"
+) -> tuple[_topology.Topology, list[list[int]] | None]:
+    """The topology once joiners are admitted: ``n`` ranks, the survivors' ``survivors.size`` first.
+
+    A family given by name is rebuilt for ``n`` ranks (a ring grows back into a ring). Otherwise the
+    survivors' graph with the joiners as a path from the last survivor back to rank 0, Metropolis
+    weights; that graph's adjacency is returned too, for the joiners (who never saw the old one) to
+    read from the store. ``None`` when the joiners can rebuild the topology by name themselves.
+    """
+    named = _by_name(spec, n, weights)
+    if named is not None:
+        return named, None
+    m = survivors.size
+    adjacency = [set(a) for a in adjacency_of(survivors)] + [set() for _ in range(n - m)]
+    for k in range(m, n):
+        adjacency[k].add(k - 1)
+        adjacency[k - 1].add(k)
+    if n > 2:
+        adjacency[n - 1].add(0)
+        adjacency[0].add(n - 1)
+    graph = [sorted(a) for a in adjacency]
+    return topology_from_adjacency(graph, f"{survivors.name}+joined({n})"), graph
+
+
+def topology_from_adjacency(graph: list[list[int]], name: str) -> _topology.Topology:
+    """A grown graph with Metropolis weights (what :func:`grow` built, rebuilt by a joiner)."""
+    return _topology.from_graph(graph, weights="metropolis", name=name)
+
+
+def joined_topology_needs_graph(spec: Any, n: int, weights: str) -> bool:
+    """Whether a joiner must read the grown graph from the store (it cannot be built by name)."""
+    return _by_name(spec, n, weights) is None
+
+
+def joined_topology(
+    spec: Any, n: int, weights: str, published: tuple[list[list[int]], str] | None
+) -> _topology.Topology:
+    """A joiner's view of :func:`grow`: by name, or the ``(graph, name)`` the members published."""
+    named = _by_name(spec, n, weights)
+    if named is not None:
+        return named
+    if published is None:
+        raise RuntimeError(f"no published graph for {n} ranks and {spec!r} cannot be built by name")
+    return topology_from_adjacency(*published)
+
+
+__all__ = [
+    "adjacency_of",
+    "grow",
+    "joined_topology",
+    "joined_topology_needs_graph",
+    "repair",
+    "topology_from_adjacency",
+]

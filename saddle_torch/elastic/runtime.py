@@ -5,29 +5,47 @@
 calls :meth:`ElasticRuntime.recover`: the survivors agree on the new membership through the
 launcher's store (:mod:`saddle_torch.elastic.membership`), build a new Gloo group among themselves
 under a fresh store prefix, repair the topology (:func:`saddle_torch.elastic.repair.repair`), start
-CHOCO afresh, and the step is taken again. docs/errors.md says what is guaranteed.
+CHOCO afresh, and the step is taken again. A process started later (``--restarts``, ``--join``) is
+admitted the same way at a step boundary (:meth:`ElasticRuntime.grow`) and receives a neighbour's
+state (:mod:`saddle_torch.elastic.transfer`). docs/errors.md says what is guaranteed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
 import threading
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
-from saddle_torch.elastic.membership import POLL_SECONDS, Agreement, Membership, key
-from saddle_torch.elastic.repair import repair
+from saddle_torch.elastic import transfer
+from saddle_torch.elastic.membership import (
+    POLL_SECONDS,
+    Agreement,
+    Membership,
+    key,
+    parse_grow,
+    parse_ids,
+    wait_for_admission,
+)
+from saddle_torch.elastic.repair import grow, joined_topology, joined_topology_needs_graph, repair
 from saddle_torch.errors import PeerError
 
 if TYPE_CHECKING:
     from saddle_torch.context import GossipContext
+    from saddle_torch.optim.wrapper import SaddleRuntime
+    from saddle_torch.topology import Topology
 
 STORE_ENV = "SADDLE_ELASTIC_STORE"  # host:port of the launcher's store, set by saddle_torch.run
+JOIN_ENV = "SADDLE_ELASTIC_JOIN"  # set by the launcher for a process that joins a running job
+ID_ENV = "SADDLE_ELASTIC_ID"  # its id (never reused)
+REPLACES_ENV = "SADDLE_ELASTIC_REPLACES"  # the dead rank a restarted process replaces (its data shard)
 log = logging.getLogger("saddle_torch.elastic")
 _NEIGHBOUR = re.compile(r"with neighbour (\d+)")
 
@@ -67,6 +85,9 @@ class ElasticRuntime:
         weights: as given to ``init()``.
         join_window: how long a membership change waits for ranks that neither registered nor are
             known to be dead (default: the context's timeout).
+        membership: the membership this context starts in (a joiner's; default: every rank of the
+            launch, epoch 0).
+        joining: a joiner's admission: it receives its state when the optimizer is wrapped.
     """
 
     def __init__(
@@ -76,14 +97,23 @@ class ElasticRuntime:
         spec: Any,
         weights: str,
         join_window: timedelta,
+        membership: Membership | None = None,
+        joining: Agreement | None = None,
     ) -> None:
         self.ctx = ctx
         self.store = store
         self.spec = spec
         self.weights = weights
-        self.membership = Membership(store, ctx.rank, list(range(ctx.size)), join_window)
+        self.membership = membership or Membership(store, ctx.rank, list(range(ctx.size)), join_window)
+        self.topology = ctx.topology  # the graph over membership.members
         self.behind = 0  # steps this rank skips to line up with the others after a change
-        self.history: list[Agreement] = []
+        self.joining = joining  # until the state arrived (DistributedOptimizer construction)
+        self.history: list[Agreement] = [] if joining is None else [joining]
+        replaces = os.environ.get(REPLACES_ENV)
+        self.replaces = int(replaces) if replaces else None  # the dead rank a restart stands in for
+        self._rt: SaddleRuntime | None = None
+        self._grow: tuple[int, int, list[int]] | None = None  # (epoch, step, ids) of a planned growth
+        self._known = set(self.membership.members) | set(joining.previous if joining else [])
         self._lock = threading.Lock()  # (membership.epoch, ctx.engine) change together
         self._stop = threading.Event()
         self._watcher = threading.Thread(
@@ -93,27 +123,83 @@ class ElasticRuntime:
 
     @property
     def original_rank(self) -> int:
-        """This process's rank at launch."""
+        """This process's id: its rank at launch, or the fresh id a joining process was given."""
         return self.membership.original_rank
+
+    @property
+    def data_rank(self) -> int:
+        """The launch rank whose data this process should train on (a restart takes the dead rank's)."""
+        return self.original_rank if self.replaces is None else self.replaces
 
     @property
     def members(self) -> list[int]:
         """Original ranks of the current members, in rank order."""
         return list(self.membership.members)
 
+    def attach(self, rt: SaddleRuntime) -> None:
+        """The job's optimizer (its step count, its state for joiners); a joiner receives its state now."""
+        self._rt = rt
+        admitted = self.joining
+        if admitted is None:
+            return
+        ctx = self.ctx
+        donor = transfer.donor_of(ctx.topology, ctx.rank, len(admitted.survivors))
+        transfer.load_state(rt, transfer.recv_state(donor, ctx.group), admitted.steps)
+        self.joining = None
+        print(
+            f"saddle_torch.elastic: process {self.original_rank} joined as rank {ctx.rank} of {ctx.size} at "
+            f"step {admitted.steps} (epoch {admitted.epoch}); model and optimizer state from rank {donor}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def _watch(self, store: dist.Store) -> None:
-        """Abort this rank's rounds as soon as anyone marks the current epoch broken."""
+        """Abort this rank's rounds as soon as anyone marks the current epoch broken; plan growths."""
         while not self._stop.wait(POLL_SECONDS):
             with self._lock:
                 epoch, engine = self.membership.epoch, self.ctx.engine
             try:
                 broken = store.check([key(epoch, "broken")])
                 reason = store.get(key(epoch, "broken")).decode() if broken else ""
+                if not broken:
+                    self._plan_growth(store, epoch)
             except Exception:  # noqa: BLE001 - the store went away: the job is ending
                 return
             with self._lock:
                 if broken and self.membership.epoch == epoch and not engine.broken():
                     engine.abort(f"membership change ({reason})")
+
+    def _plan_growth(self, store: dist.Store, epoch: int) -> None:
+        """Processes asked to join: set ``epoch/grow`` to a step no member has reached (first wins)."""
+        rt = self._rt
+        if rt is None or not store.check([key("join")]) or store.check([key(epoch, "grow")]):
+            return
+        known = set(self._known)
+        pending = [
+            j
+            for j in parse_ids(store.get(key("join")))
+            if j not in known and not store.check([key("dead", j)])
+        ]
+        if pending:
+            # Members are at most the graph's diameter (< size) steps apart; this thread's view of the
+            # step may be one behind.
+            at = rt.step + self.ctx.size + 2
+            store.compare_set(key(epoch, "grow"), "", f"{at}:{','.join(map(str, pending))}")
+
+    def grow_due(self, completed_steps: int) -> bool:
+        """Whether joiners are admitted before this step (one store lookup per step until one is planned)."""
+        e = self.membership.epoch
+        if self._grow is None or self._grow[0] != e:
+            grow_key = key(e, "grow")
+            if not self.store.check([grow_key]):
+                return False
+            at, ids = parse_grow(self.store.get(grow_key))
+            self._grow = (e, at, ids)
+        return completed_steps >= self._grow[1]
+
+    def grow(self, completed_steps: int) -> Agreement:
+        """Admit the planned joiners (collective among the members and the joiners, at a step boundary)."""
+        return self._change(completed_steps, joiners=True)
 
     def recover(self, exc: BaseException, completed_steps: int) -> Agreement:
         """After ``exc`` (a failed round), agree on the survivors and rebuild the context on them.
@@ -125,35 +211,51 @@ class ElasticRuntime:
         Raises:
             FencedError: the others closed the membership without this rank.
         """
-        ctx = self.ctx
-        me = self.original_rank
-        reason = f"rank {me}: {str(exc).splitlines()[0][:300]}"
+        reason = f"rank {self.original_rank}: {str(exc).splitlines()[0][:300]}"
         self.membership.report(reason, suspects_of(exc, self.membership.members))
-        ctx.engine.abort(reason)
+        self.ctx.engine.abort(reason)
+        return self._change(completed_steps, joiners=False)
+
+    def _change(self, completed_steps: int, joiners: bool) -> Agreement:
+        ctx = self.ctx
         while True:
-            old_members = self.membership.members
-            agreement = self.membership.agree(completed_steps)  # FencedError propagates
-            positions = [old_members.index(r) for r in agreement.members]
+            agreement = self.membership.agree(completed_steps, joiners)  # FencedError propagates
+            self._known |= set(agreement.members) | set(agreement.previous)
             try:
-                self._rebuild(agreement, positions)
+                self._rebuild(agreement)
+                self._donate(agreement)
                 break
             except (RuntimeError, PeerError) as err:  # a member died while the group formed
-                self.membership.report(f"rank {me}: forming epoch {agreement.epoch} failed: {err}")
+                self.membership.report(
+                    f"rank {self.original_rank}: forming epoch {agreement.epoch} failed: {err}"
+                )
+                joiners = False
         self.behind = agreement.steps - completed_steps
         self.history.append(agreement)
         if ctx.rank == 0:
+            what = []
+            if agreement.departed:
+                what.append(f"rank(s) {agreement.departed} left (their data shards are no longer trained on)")
+            if agreement.joined:
+                what.append(f"process(es) {agreement.joined} joined")
             print(
                 f"saddle_torch.elastic: membership epoch {agreement.epoch} at step {agreement.steps}: "
-                f"rank(s) {agreement.departed} left (their data shards are no longer trained on); "
-                f"{ctx.size} ranks continue on {ctx.topology.name}",
+                f"{'; '.join(what) or 'same members'}; {ctx.size} ranks continue on {ctx.topology.name}",
                 file=sys.stderr,
                 flush=True,
             )
         return agreement
 
-    def _rebuild(self, agreement: Agreement, positions: list[int]) -> None:
+    def _rebuild(self, agreement: Agreement) -> None:
         ctx = self.ctx
-        topo = repair(self.spec, ctx.topology, positions, self.weights)
+        positions = [agreement.previous.index(r) for r in agreement.survivors]
+        topo = repair(self.spec, self.topology, positions, self.weights)
+        if agreement.joined:
+            topo, graph = grow(self.spec, topo, len(agreement.members), self.weights)
+            if graph is not None:  # the joiners cannot rebuild it by name
+                published = json.dumps({"graph": graph, "name": topo.name})
+                self.store.compare_set(key(agreement.epoch, "graph"), "", published)
+        self.topology = topo
         with self._lock:
             ctx.engine.abort("membership change")
             ctx.engine.close()  # a broken engine keeps its Gloo group alive: never joins a dead peer
@@ -170,11 +272,70 @@ class ElasticRuntime:
         with self._lock:
             ctx.rebind(dist.group.WORLD, topo)
 
+    def _donate(self, agreement: Agreement) -> None:
+        """Send every joiner whose donor this rank is the model, optimizer and algorithm state."""
+        ctx, survivors = self.ctx, len(agreement.survivors)
+        for j in agreement.joined:
+            rank = agreement.members.index(j)
+            if transfer.donor_of(ctx.topology, rank, survivors) == ctx.rank:
+                if self._rt is None:
+                    raise RuntimeError("a process joined before this rank wrapped its optimizer")
+                transfer.send_state(self._rt, rank, ctx.group)
+
     def close(self) -> None:
-        """Stop the watcher thread (idempotent; before interpreter exit, while it can still finish)."""
+        """Leave the job: stop the watcher thread, record that this rank finished (idempotent)."""
+        if not self._stop.is_set():
+            try:
+                self.store.set(key("finished", self.original_rank), "1")  # the launcher's view
+            except Exception:  # noqa: BLE001 - the store is gone: nobody is left to tell
+                pass
         self._stop.set()
         if self._watcher.is_alive() and self._watcher is not threading.current_thread():
             self._watcher.join()
 
 
-__all__ = ["STORE_ENV", "ElasticRuntime", "connect_store", "suspects_of"]
+def join_job(
+    store: dist.Store, spec: Any, weights: str, timeout: timedelta
+) -> tuple[Topology, Membership, Agreement]:
+    """A process started to join a running job: wait for admission, form the new group.
+
+    Returns the grown topology, the membership of the new epoch and the admission; the default
+    process group is the new epoch's. Blocks until the members admit this process.
+    """
+    my_id = int(os.environ[ID_ENV])
+    print(f"saddle_torch.elastic: process {my_id} asks to join the job", file=sys.stderr, flush=True)
+    admitted = wait_for_admission(store, my_id, timeout)
+    n = len(admitted.members)
+    published = None
+    if joined_topology_needs_graph(spec, n, weights):
+        graph_key = key(admitted.epoch, "graph")
+        deadline = time.monotonic() + timeout.total_seconds()
+        while not store.check([graph_key]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the members did not publish the topology of epoch {admitted.epoch}")
+            time.sleep(POLL_SECONDS)
+        doc = json.loads(store.get(graph_key).decode())
+        published = (doc["graph"], doc["name"])
+    topo = joined_topology(spec, n, weights, published)
+    dist.init_process_group(
+        "gloo",
+        store=dist.PrefixStore(key(admitted.epoch, "pg") + "/", store),
+        rank=admitted.members.index(my_id),
+        world_size=n,
+        timeout=timeout,
+    )
+    membership = Membership(store, my_id, admitted.members, timeout)
+    membership.epoch = admitted.epoch
+    return topo, membership, admitted
+
+
+__all__ = [
+    "ID_ENV",
+    "JOIN_ENV",
+    "REPLACES_ENV",
+    "STORE_ENV",
+    "ElasticRuntime",
+    "connect_store",
+    "join_job",
+    "suspects_of",
+]

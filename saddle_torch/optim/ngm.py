@@ -57,6 +57,8 @@ def received_models(rt: SaddleRuntime, run: StepRun) -> dict[BufferKey, list[tor
 class CrossGradients(Phase):
     """The NGM gradient: cross-gradients on the neighbours' models, one exchange, the weighted mean."""
 
+    topology_bound = True  # compressed: the per-link error feedback of the cross-gradients
+
     def __init__(self, sam: Sam | None, compressed: tuple[NeighbourChoco, LinkCodec] | None = None) -> None:
         self.sam = sam  # set when the cross terms are sharpness-aware (N-SADDLe with cross_sam)
         self.compressed = compressed  # the compressed model round and cross-gradient codec

@@ -57,6 +57,8 @@ def _message(comp: Compression, numel: int) -> torch.Tensor:
 class NeighbourChoco(Phase):
     """The model round of compressed NGM: CHOCO with a copy x̂_j of every in-neighbour's public model."""
 
+    topology_bound = True  # x̂_j per in-neighbour
+
     def __init__(self, rt: SaddleRuntime, comp: Compression) -> None:
         self.comp = comp
         # (buffer, phase) → {rank: x̂_rank} for this rank and the phase's in-neighbours (flat, CPU).
@@ -212,6 +214,7 @@ class LinkCodec:
         self.comp = comp
         self.errors: dict[tuple[BufferKey, int], torch.Tensor] = {}  # (buffer, in-neighbour) → e_j
         self._pending_errors: dict[tuple[BufferKey, int], torch.Tensor] = {}
+        self._topology: object | None = None  # the graph the errors belong to (a new one: afresh)
 
     def exchange(
         self, rt: SaddleRuntime, run: StepRun, sends: dict[int, dict[BufferKey, torch.Tensor]] | None
@@ -221,6 +224,10 @@ class LinkCodec:
         Returns the decoded cross-gradients of every out-neighbour, NaN where its step failed.
         """
         ctx, rank, step = rt.ctx, rt.ctx.rank, run.model_step
+        if self._topology is not ctx.topology:  # set_topology or an elastic membership change
+            if self._topology is not None:
+                self.errors.clear()  # owed to links that are gone or now lead elsewhere
+            self._topology = ctx.topology
         ins, outs = ctx.topology.in_neighbors(rank, step), ctx.topology.out_neighbors(rank, step)
         grads, codec = rt.flat.grad_buffers, self.comp.native
         flag = torch.tensor([1.0 if sends is not None else math.nan], dtype=torch.float32)

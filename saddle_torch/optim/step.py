@@ -42,6 +42,10 @@ class StepRun:
 class Phase:
     """A piece of an algorithm; every hook is optional. ``rt`` is the optimizer's runtime."""
 
+    # Whether the state belongs to the topology (per-link copies, errors): it starts afresh after a
+    # change of graph, and a process joining an elastic job does not take it from its donor.
+    topology_bound = False
+
     def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
         """Start of the step (x is the pre-step model)."""
 

@@ -148,8 +148,12 @@ class _DistributedOptimizer:
             )
         elastic = rt.ctx.elastic
         while True:
-            if elastic is not None and elastic.behind > 0:
-                return _skip_step(rt, closure)
+            if elastic is not None:
+                if elastic.behind > 0:
+                    return _skip_step(rt, closure)
+                if elastic.grow_due(rt.step):
+                    elastic.grow(rt.step)  # admit joining processes at this step boundary
+                    continue
             try:
                 loss = _attempt(rt, closure)
             except PeerError as exc:
@@ -452,27 +456,39 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     rt = SaddleRuntime(cfg, ctx, model, flat, base, optimizer=opt, prefix=ctx.new_prefix("opt"))
     rt.bn_layers = batchnorm_layers(model)
     rt.bn_frozen = [] if bn_second_pass else rt.bn_layers
-    _build(rt, opt, flat)
-    _warn_if_ranks_differ(ctx, flat)
-    if comp is not None and gamma == "auto":
-        ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
+    # A process joining a running elastic job does none of the construction handshakes: the members
+    # are mid-training; it receives their state instead (ctx.elastic.attach).
+    joining = ctx.elastic is not None and ctx.elastic.joining is not None
+    _build(rt, opt, flat, collective=not joining)
+    if not joining:
+        _warn_if_ranks_differ(ctx, flat)
+        if comp is not None and gamma == "auto":
+            ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
     rt.source = weakref.ref(optimizer)
     _redirect_step(optimizer, opt)
     opt._saddle = rt
+    if ctx.elastic is not None:
+        ctx.elastic.attach(rt)
     return opt
 
 
-def _build(rt: SaddleRuntime, opt: torch.optim.Optimizer, flat: FlatParameters) -> None:
+def _build(
+    rt: SaddleRuntime, opt: torch.optim.Optimizer, flat: FlatParameters, collective: bool = True
+) -> None:
     """Set up everything that lives on the flat buffers: x_prev, the phases, the gossip names.
 
     Collective: registers every buffer (same layout and codec on every rank) and, with compression,
-    starts CHOCO at the common initial model (ATC needs it before the first step).
+    starts CHOCO at the common initial model (ATC needs it before the first step). Without
+    ``collective`` (a process joining an elastic job) names register and CHOCO starts at the first
+    round, as on the members after their membership change.
     """
     rt.flat = flat
     rt.x_prev = {key: torch.zeros_like(x) for key, x in flat.buffers.items()}
     rt.sam = rt.cross = None
     rt.phases = _phases(rt, opt)
     comp = rt.config.compression
+    if not collective:
+        return
     for key, x in flat.buffers.items():
         rt.ctx.register(rt.name(key), x, comp)
         if comp is not None and not rt.config.algorithm.cross:

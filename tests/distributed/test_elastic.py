@@ -25,8 +25,18 @@ TIMEOUT = 10.0  # the gossip timeout the runs use (seconds)
 pytest.importorskip("sklearn")
 
 
-def _launch(out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "saddle_torch.run", "--nproc", "8", str(EXAMPLE), "--out", str(out)]
+def _launch(out: Path, *extra: str, launcher: list[str] = ()) -> subprocess.Popen:  # type: ignore[assignment]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saddle_torch.run",
+        "--nproc",
+        "8",
+        *launcher,
+        str(EXAMPLE),
+        "--out",
+        str(out),
+    ]
     cmd += ["--timeout", str(TIMEOUT), *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
@@ -144,3 +154,148 @@ def test_engine_abort_ends_a_blocked_round_at_once() -> None:
     out = run_ranks(_abort_rank, 2, timeout=120)
     assert out[0]["waited"] < 5, out[0]
     assert "neighbour 1" in out[0]["message"]
+
+
+def _transfer_rank(rank: int, world: int, algorithm: str) -> dict[str, Any]:
+    import torch
+    from torch import nn
+
+    import saddle_torch as st
+    from saddle_torch.elastic import transfer
+
+    st.init(topology="ring")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    st.broadcast_parameters(model.state_dict())
+    base = (  # q-saddle with Adam is QG-Adam (its moments are algorithm state); n-saddle keeps SGD's momentum
+        torch.optim.Adam(model.parameters(), lr=0.01)
+        if algorithm == "q-saddle"
+        else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    )
+    opt = st.DistributedOptimizer(base, model, algorithm=algorithm)
+    gen = torch.Generator().manual_seed(rank)  # different data: the ranks' models and states differ
+    for _ in range(4):
+        xb, yb = torch.randn(8, 6, generator=gen), torch.randint(3, (8,), generator=gen)
+
+        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    rt = opt.saddle
+    before = [p.detach().clone() for p in model.parameters()]
+    if rank == 0:
+        transfer.send_state(rt, 1, st.context.current().group)
+    elif rank == 1:
+        transfer.load_state(rt, transfer.recv_state(0, st.context.current().group), steps=123)
+    state = transfer.state_of(rt)
+    return {
+        "before": before,
+        "params": [p.detach().clone() for p in model.parameters()],
+        "buffers": {n: b.clone() for n, b in model.named_buffers()},
+        "optimizer": state["optimizer"]["state"],
+        "lr": [g["lr"] for g in opt.param_groups],
+        "phases": state["phases"],
+        "step": rt.step,
+    }
+
+
+@pytest.mark.parametrize("algorithm", ["q-saddle", "n-saddle"])
+def test_joiner_receives_the_donors_model_optimizer_and_algorithm_state(algorithm: str) -> None:
+    """transfer over real Gloo: after the load, rank 1 holds exactly rank 0's state.
+
+    4 ranks on a ring (a pair would average to identical models at every step, proving nothing).
+    """
+    import torch
+    from harness import run_ranks
+
+    out = run_ranks(_transfer_rank, 4, algorithm, timeout=120)
+    donor, joiner = out[0], out[1]
+    assert any(not torch.equal(a, b) for a, b in zip(donor["before"], joiner["before"])), (
+        "ranks never differed"
+    )
+    for a, b in zip(donor["params"], joiner["params"], strict=True):
+        assert torch.equal(a, b)
+    for name, b in donor["buffers"].items():  # BatchNorm statistics travel too
+        assert torch.equal(b, joiner["buffers"][name]), name
+    assert donor["optimizer"].keys() == joiner["optimizer"].keys()
+    assert donor["optimizer"] or donor["phases"], "nothing to transfer: the test would prove nothing"
+    for k, st_d in donor["optimizer"].items():
+        for field, v in st_d.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(joiner["optimizer"][k][field])), (k, field)
+    assert donor["phases"].keys() == joiner["phases"].keys()
+    for name, bufs in donor["phases"].items():
+        for k, v in bufs.items():
+            assert torch.equal(v, joiner["phases"][name][k]), (name, k)
+    if algorithm == "q-saddle":
+        assert {"m1", "m2"} <= donor["phases"].keys()  # QG-Adam's moments are part of what moved
+    else:
+        assert all("momentum_buffer" in s for s in donor["optimizer"].values())
+    assert joiner["lr"] == donor["lr"] and joiner["step"] == 123
+
+
+def _check_joiner(out: Path, result: dict[str, Any], joiner: int, others: list[int]) -> dict[str, Any]:
+    """The joiner trained from the step it joined at, from a member's state, and ended in consensus."""
+    _, ranks = _results(out)
+    assert sorted(ranks) == sorted([*others, joiner])
+    mine = ranks[joiner]
+    admitted = next(c for c in result["history"] if joiner in c["members"])
+    assert mine["first_step"] == admitted["steps"] > 0
+    # Its first loss is the trained model's (≈ 0.01 here), not a fresh model's (≈ 2.3): the state came over.
+    assert mine["first_loss"] < 0.5, mine
+    # By the end it is as close to the average as the others are (the consensus distance).
+    spread = max(ranks[r]["distance_to_mean"] for r in others)
+    assert mine["distance_to_mean"] <= 1.5 * spread, (mine["distance_to_mean"], spread)
+    return mine
+
+
+def test_killed_rank_is_restarted_and_rejoins(tmp_path: Path, baseline: dict[str, Any]) -> None:
+    # --step-seconds: the run lasts long enough (~15 s) for the restarted process to import torch.
+    proc = _launch(tmp_path, "--kill", "3@100", "--step-seconds", "0.03", launcher=["--restarts", "1"])
+    log = _finish(proc)
+    assert "started process 8 to join in its place" in log, log[-3000:]
+    result, ranks = _results(tmp_path)
+    members = [0, 1, 2, 4, 5, 6, 7]
+    assert result["members"] == [*members, 8], log[-3000:]
+    left, joined = result["history"]
+    assert left["departed"] == [3] and joined["departed"] == [] and joined["members"] == [*members, 8]
+    mine = _check_joiner(tmp_path, result, 8, members)
+    assert mine["replaces"] == 3  # it trains on rank 3's shard
+    assert abs(result["accuracy"] - baseline["result"]["accuracy"]) <= 1.0
+    for r in members:
+        assert ranks[r]["history"] == result["history"]
+
+
+def test_new_process_joins_a_running_job(tmp_path: Path) -> None:
+    """``--join HOST:PORT`` from a second launcher: the ring of 8 grows to a ring of 9."""
+    proc = _launch(tmp_path, "--step-seconds", "0.03")
+    assert proc.stdout is not None
+    lines = []
+    address = None
+    for line in proc.stdout:  # "saddle_torch.run: 8 workers, store at 127.0.0.1:PORT", then progress
+        lines.append(line)
+        if "store at" in line:
+            address = line.rsplit(" ", 1)[-1].strip()
+        if line.startswith("step 100:"):  # join a job that has trained for a while
+            break
+    assert address is not None, "".join(lines)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "saddle_torch.run", "--join", address, "--nproc", "1", str(EXAMPLE)]
+    joiner = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path), "--timeout", str(TIMEOUT), "--step-seconds", "0.03"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = "".join(lines) + _finish(proc)
+    joiner_log = _finish(joiner)
+    result, _ = _results(tmp_path)
+    assert result["members"] == list(range(9)), log[-3000:] + joiner_log[-2000:]
+    (grew,) = result["history"]
+    assert grew["departed"] == [] and grew["members"] == list(range(9))
+    assert "9 ranks continue on ring(9)" in log
+    _check_joiner(tmp_path, result, 8, list(range(8)))

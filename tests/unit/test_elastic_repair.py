@@ -50,3 +50,46 @@ def test_suspects_map_the_failed_neighbour_to_its_original_rank() -> None:
     assert suspects_of(exc, members) == [4]
     aborted = RuntimeError("rank 2: gossip recv with neighbour 3 (step 7) aborted: membership change")
     assert suspects_of(aborted, members) == []
+
+
+def test_grow_rebuilds_a_named_family_and_joiners_can_do_the_same() -> None:
+    from saddle_torch.elastic.repair import grow, joined_topology
+
+    survivors = repair("ring", topology.ring(8), [0, 1, 2, 4, 5, 6, 7])
+    t, graph = grow("ring", survivors, 8)
+    assert graph is None  # nothing to publish: the joiner builds ring(8) itself
+    assert torch.equal(t.mixing_matrix(), topology.ring(8).mixing_matrix())
+    assert torch.equal(joined_topology("ring", 8, "uniform", None).mixing_matrix(), t.mixing_matrix())
+
+
+def test_grow_attaches_joiners_to_a_user_graph_as_a_path_back_to_rank_0() -> None:
+    from saddle_torch.elastic.repair import grow, joined_topology
+
+    star = {0: [1, 2, 3], 1: [0], 2: [0], 3: [0]}
+    t, graph = grow(star, topology.from_graph(star), 6)  # two joiners: ranks 4 and 5
+    assert graph is not None
+    assert _edges(t) == {(0, 1), (0, 2), (0, 3), (3, 4), (4, 5), (0, 5)}
+    w = t.mixing_matrix()
+    assert torch.allclose(w, w.T) and torch.allclose(w.sum(1), torch.ones(6, dtype=w.dtype))
+    mine = joined_topology(star, 6, "uniform", (graph, t.name))  # what a joiner rebuilds from the store
+    assert torch.equal(mine.mixing_matrix(), w) and mine.name == t.name
+
+
+def test_membership_after_a_growth_lists_survivors_then_joiners() -> None:
+    from saddle_torch.elastic.membership import next_members, parse_grow, parse_ids
+
+    assert parse_grow("140:9,8") == (140, [9, 8])
+    assert parse_ids("8;9;") == [8, 9] and parse_ids("0,1,2") == [0, 1, 2]
+    members, joined = next_members([0, 1, 2, 4], {4: 120, 9: -1, 0: 121, 8: -1, 1: 121})
+    assert members == [0, 1, 4, 8, 9] and joined == [8, 9]  # 2 left; joiners by id, after the survivors
+
+
+def test_donor_is_the_joiners_lowest_surviving_neighbour() -> None:
+    from saddle_torch.elastic.transfer import donor_of
+
+    assert donor_of(topology.ring(8), 7, survivors=7) == 0  # neighbours 6 and 0
+    assert donor_of(topology.ring(8), 7, survivors=6) == 0  # 6 is a joiner too
+    assert donor_of(topology.ring(8), 6, survivors=6) == 5
+    assert (
+        donor_of(topology.from_graph({0: [1], 1: [0, 2], 2: [1]}), 2, survivors=1) == 0
+    )  # no surviving neighbour

@@ -1,0 +1,104 @@
+"""A joining process receives a member's model, optimizer and algorithm state over the new group.
+
+The donor is a neighbour of the joiner in the grown topology (the lowest-ranked survivor among its
+neighbours; rank 0 if it has none). What moves: the parameters (the flat buffers), the model's
+buffers (BatchNorm statistics), the wrapped optimizer's state (momentum, Adam moments, the learning
+rate of every group) and the algorithm's own buffers (QGM's m̂, QG-Adam's moments). What does not:
+state tied to the graph (CHOCO's public copies, per-link error feedback), which every member starts
+afresh at a membership change as well, and the round counters.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from saddle_torch.errors import peer_failures
+from saddle_torch.topology import Topology
+
+if TYPE_CHECKING:
+    from saddle_torch.optim.wrapper import SaddleRuntime
+
+TAG = 0x1ADD1E  # below the gossip engine's tags (0x20000000 and up)
+
+
+def donor_of(topology: Topology, joiner: int, survivors: int) -> int:
+    """The rank that sends ``joiner`` its state: its lowest-ranked neighbour among the survivors."""
+    near = sorted(
+        {j for step in range(topology.period) for j in topology.neighbors(joiner, step) if j < survivors}
+    )
+    return near[0] if near else 0
+
+
+def state_of(rt: SaddleRuntime) -> dict[str, Any]:
+    """What a joiner needs from ``rt`` (CPU copies)."""
+    phases: dict[str, Any] = {}
+    for p in rt.phases:
+        if not p.topology_bound:
+            phases.update(p.state_dict(rt))
+    model = rt.model
+    return {
+        "algorithm": rt.config.algorithm.name,
+        "params": {k.name(): x.detach().to("cpu", copy=True) for k, x in rt.flat.buffers.items()},
+        "buffers": {} if model is None else {n: b.detach().cpu() for n, b in model.named_buffers()},
+        "optimizer": rt.base.state_dict(rt.optimizer),
+        "phases": phases,
+    }
+
+
+def load_state(rt: SaddleRuntime, state: dict[str, Any], steps: int) -> None:
+    """Put a donor's :func:`state_of` into ``rt`` and set its step counter to ``steps``.
+
+    Raises:
+        ValueError: the donor runs another algorithm or holds another model.
+    """
+    if state["algorithm"] != rt.config.algorithm.name:
+        raise ValueError(
+            f"the running job uses algorithm {state['algorithm']!r}, this process "
+            f"{rt.config.algorithm.name!r}"
+        )
+    params = state["params"]
+    with torch.no_grad():
+        for k, x in rt.flat.buffers.items():
+            src = params.get(k.name())
+            if src is None or src.shape != x.shape:
+                raise ValueError(
+                    f"the running job's model does not match this process's: parameter buffer {k.name()} "
+                    f"is {None if src is None else tuple(src.shape)} there and {tuple(x.shape)} here"
+                )
+            x.copy_(src)
+        if rt.model is not None:
+            for name, b in rt.model.named_buffers():
+                if name in state["buffers"]:
+                    b.copy_(state["buffers"][name])
+    rt.base.load_state_dict(rt.optimizer, state["optimizer"])
+    for p in rt.phases:
+        if not p.topology_bound and p.state_dict(rt):
+            p.load_state_dict(rt, state["phases"])
+    rt.step = steps
+
+
+def send_state(rt: SaddleRuntime, dst: int, group: dist.ProcessGroup) -> None:
+    """Send :func:`state_of` to rank ``dst`` of ``group`` (which calls :func:`recv_state`)."""
+    buf = io.BytesIO()
+    torch.save(state_of(rt), buf)
+    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    with peer_failures(f"sending the model and optimizer state to joining rank {dst}", dist.get_rank(group)):
+        dist.send(torch.tensor([data.numel()], dtype=torch.int64), dst, group=group, tag=TAG)
+        dist.send(data, dst, group=group, tag=TAG)
+
+
+def recv_state(src: int, group: dist.ProcessGroup) -> dict[str, Any]:
+    """Receive what rank ``src`` of ``group`` sends with :func:`send_state`."""
+    size = torch.zeros(1, dtype=torch.int64)
+    with peer_failures(f"receiving the model and optimizer state from rank {src}", dist.get_rank(group)):
+        dist.recv(size, src, group=group, tag=TAG)
+        data = torch.empty(int(size), dtype=torch.uint8)
+        dist.recv(data, src, group=group, tag=TAG)
+    return torch.load(io.BytesIO(data.numpy().tobytes()), weights_only=True)
+
+
+__all__ = ["donor_of", "load_state", "recv_state", "send_state", "state_of"]
