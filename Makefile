@@ -34,7 +34,10 @@ core-test:
 	$(CORE_BUILD)/saddle_core_tests --gtest_brief=1
 	$(CORE_BUILD)/decode_fuzz_smoke 5000
 
+# The elastic tests train Fashion-MNIST (Debian's dataset-fashion-mnist, about 30 MB).
 py-test: install
+	@[ -d $(FMNIST) ] || { SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
 	$(PYTHON) -m pytest -q tests/unit tests/distributed
 
 test: install core-test py-test

@@ -5,17 +5,18 @@
     python -m saddle_torch.run --nproc 8 --restarts 1 examples/elastic.py --kill 3@100   # ... and rejoins
 
 Each rank trains an MLP on its own shard of the digits (1,437 training images split over the ranks at
-launch) with q-saddle on a ring. ``--kill R@S`` makes rank R SIGKILL itself at step S, ``--stop R@S``
-SIGSTOP itself (something else must SIGCONT it: it is then fenced and exits). Under ``--restarts`` a
-new process replaces a dead rank: it joins at a step boundary, receives a neighbour's model and
-optimizer state, trains on the dead rank's shard from the step the job is at. At the end the
-survivors average their models exactly and rank 0 prints the test accuracy; ``--out DIR`` writes
-``result.json`` (rank 0) and ``rank<R>.json`` (every survivor) for tests.
+launch; ``--data fashion-mnist``: 60,000 images, 10,000 test images) with q-saddle on a ring. ``--kill
+R@S`` makes rank R SIGKILL itself at step S, ``--stop R@S`` SIGSTOP itself (something else must SIGCONT
+it: it is then fenced and exits). Under ``--restarts`` a new process replaces a dead rank: it joins at a
+step boundary, receives a neighbour's model and optimizer state, trains on the dead rank's shard from
+the step the job is at. At the end the survivors average their models exactly and rank 0 prints the test
+accuracy; ``--out DIR`` writes ``result.json`` (rank 0) and ``rank<R>.json`` (every survivor) for tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -35,6 +36,14 @@ import saddle_torch as st
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--data",
+        choices=["digits", "fashion-mnist"],
+        default="digits",
+        help="digits (scikit-learn, 360 test images) or fashion-mnist (Debian's dataset-fashion-mnist, "
+        "10,000 test images: resolves differences well below a point)",
+    )
+    p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST idx files are")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.05)
@@ -44,19 +53,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--timeout", type=float, default=10.0, help="seconds before a silent neighbour is given up"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kill", action="append", default=[], metavar="RANK@STEP", help="SIGKILL RANK at STEP")
+    p.add_argument("--seed", type=int, default=0, help="the train/test split and the initial model")
+    p.add_argument("--sample-seed", type=int, default=None, help="the minibatch draws (default: --seed)")
+    p.add_argument(
+        "--kill",
+        action="append",
+        default=[],
+        metavar="RANK@STEP",
+        help="SIGKILL RANK at STEP (STEP 'start': before the optimizer is set up)",
+    )
     p.add_argument("--stop", action="append", default=[], metavar="RANK@STEP", help="SIGSTOP RANK at STEP")
     p.add_argument("--step-seconds", type=float, default=0.0, help="sleep per step (a demo you can watch)")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
 
 
+START = -1  # RANK@start: before broadcast_parameters, while the others set up
+
+
 def _at(specs: list[str], rank: int) -> int | None:
     for spec in specs:
         r, s = spec.split("@")
         if int(r) == rank:
-            return int(s)
+            return START if s == "start" else int(s)
     return None
 
 
@@ -72,10 +91,27 @@ def load_digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     return xs[order[:cut]], ys[order[:cut]], xs[order[cut:]], ys[order[cut:]]
 
 
+def load_fashion_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST's train and test sets, flattened to 784 features (examples/datasets.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "_elastic_datasets", Path(__file__).with_name("datasets.py")
+    )
+    assert spec is not None and spec.loader is not None
+    datasets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(datasets)
+    train, test, _, _ = datasets.load_fashion_mnist(data_dir or datasets.DEFAULT_DIRS["fashion-mnist"])
+    x, y = train.tensors
+    x_test, y_test = test.tensors
+    return x.flatten(1), y, x_test.flatten(1), y_test
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train, surviving failures; print and write the averaged model's test accuracy."""
     args = parse_args(argv)
-    x, y, x_test, y_test = load_digits(args.seed)  # before init: a joiner is admitted ready to train
+    # Data before init: a joiner is admitted ready to train.
+    x, y, x_test, y_test = (
+        load_digits(args.seed) if args.data == "digits" else load_fashion_mnist(args.data_dir)
+    )
     ctx = st.init(
         topology=args.topology,
         timeout=timedelta(seconds=args.timeout),
@@ -86,14 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     world = int(os.environ["WORLD_SIZE"])  # ranks at launch
     # Fixed at launch; a restart takes over the dead rank's shard, a process added by --join shares one.
     shard = torch.arange(len(x))[ctx.elastic.data_rank % world :: world]
+    kill_at, stop_at = _at(args.kill, me), _at(args.stop, me)
+    if kill_at == START:
+        os.kill(os.getpid(), signal.SIGKILL)
     torch.manual_seed(args.seed)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Linear(x.shape[1], 64), nn.ReLU(), nn.Linear(64, 10))
     st.broadcast_parameters(model.state_dict(), root_rank=0)  # a joiner: nothing (its state comes next)
     opt = st.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=args.lr), model, algorithm=args.algorithm
     )
     first = opt.saddle.step  # 0, or the step the job was at when this process joined
-    kill_at, stop_at = _at(args.kill, me), _at(args.stop, me)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"pid{me}").write_text(str(os.getpid()))  # for whoever sends SIGCONT
@@ -102,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             f"elastic: {st.size()} ranks, pids in the launcher's process tree; rank {me} pid {os.getpid()}",
             flush=True,
         )
-    gen = torch.Generator().manual_seed(args.seed * 1000 + me)
+    sample_seed = args.seed if args.sample_seed is None else args.sample_seed
+    gen = torch.Generator().manual_seed(sample_seed * 1000 + me)
     slowest, started, first_loss = 0.0, time.monotonic(), None
     for step in range(first, args.steps):
         if step == kill_at:

@@ -13,6 +13,7 @@ import atexit
 import gc
 import os
 import socket
+import sys
 import zlib
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -341,15 +342,29 @@ def broadcast_parameters(
     if ctx.elastic is not None and ctx.elastic.joining is not None:
         return  # joining a running job: the model arrives from a member when the optimizer is wrapped
     tensors = [t for t in _tensors(state) if isinstance(t, torch.Tensor)]
-    _check_same_layout(ctx, tensors, root_rank)
-    with torch.no_grad():
-        for t in tensors:
-            if t.device.type == "cpu":
-                dist.broadcast(t, src=root_rank, group=ctx.group)
-            else:
-                staged = t.detach().cpu()
-                dist.broadcast(staged, src=root_rank, group=ctx.group)
-                t.copy_(staged)
+    try:
+        _check_same_layout(ctx, tensors, root_rank)
+        with torch.no_grad(), errors.peer_failures("broadcast_parameters", ctx.rank):
+            for t in tensors:
+                if t.device.type == "cpu":
+                    dist.broadcast(t, src=root_rank, group=ctx.group)
+                else:
+                    staged = t.detach().cpu()
+                    dist.broadcast(staged, src=root_rank, group=ctx.group)
+                    t.copy_(staged)
+    except errors.PeerError as exc:
+        if ctx.elastic is None:
+            raise
+        # A rank died during the broadcast: the survivors form a new group and keep the values they
+        # hold (the root's where the broadcast reached them, their own elsewhere; gossip pulls them
+        # together). The broadcast is not repeated: some survivors may be past it already.
+        ctx.elastic.recover(exc, 0)
+        print(
+            f"saddle_torch.elastic: rank {ctx.elastic.original_rank}: broadcast_parameters was interrupted "
+            "by a failure; this rank keeps the values it holds",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _check_same_layout(ctx: GossipContext, tensors: list[torch.Tensor], root_rank: int) -> None:

@@ -10,6 +10,11 @@ tells the others through the store (so they need not wait out the timeout) and l
 the running job at a step boundary, takes the dead rank's data shard and receives a neighbour's state.
 ``--join HOST:PORT`` starts ``--nproc`` processes that join a job whose launcher listens there (from
 another machine, say).
+
+Several machines: run one launcher per machine with the same ``--nnodes M --nproc N --host H --port P``
+and its own ``--node-rank i``. Node 0 hosts the store at ``H:P`` (its own address); node ``i`` starts
+ranks ``i*N .. i*N+N-1`` and reports their deaths (and restarts them, under ``--restarts``) itself.
+Node 0's launcher keeps the store up until every member of the job, on any node, has left.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,7 +57,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="address the store listens on and the workers connect to (default 127.0.0.1: this "
         "machine only; see docs/security.md before widening it)",
     )
-    p.add_argument("--port", type=int, default=0, help="store port (default: a free one)")
+    p.add_argument(
+        "--port", type=int, default=0, help="store port (default: a free one; required with --nnodes)"
+    )
+    p.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        help="machines in the job, one launcher each with the same --nproc/--host/--port (default 1)",
+    )
+    p.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        help="this machine's index in [0, --nnodes); node 0 hosts the store at --host:--port",
+    )
     p.add_argument(
         "--restarts",
         type=int,
@@ -72,6 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--nproc must be at least 1, got {args.nproc}")
     if args.restarts < 0:
         p.error(f"--restarts must be non-negative, got {args.restarts}")
+    if args.nnodes < 1:
+        p.error(f"--nnodes must be at least 1, got {args.nnodes}")
+    if not 0 <= args.node_rank < args.nnodes:
+        p.error(f"--node-rank must be in [0, {args.nnodes}) for --nnodes {args.nnodes}, got {args.node_rank}")
+    if args.nnodes > 1 and args.port == 0:
+        p.error("--nnodes > 1 needs --port: the other machines connect to node 0's store there")
+    if args.nnodes > 1 and args.join is not None:
+        p.error("--join adds processes to a running job: it takes no --nnodes/--node-rank")
     if args.join is not None:
         host, _, port = args.join.rpartition(":")
         if not host or not port.isdigit():
@@ -80,13 +108,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _env(
-    rank: int, nproc: int, host: str, port: int, join: bool = False, replaces: int | None = None
+    rank: int,
+    world: int,
+    nproc: int,
+    host: str,
+    port: int,
+    join: bool = False,
+    replaces: int | None = None,
 ) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         RANK=str(rank),
         LOCAL_RANK=str((rank if replaces is None else replaces) % nproc),
-        WORLD_SIZE=str(nproc),
+        WORLD_SIZE=str(world),
         LOCAL_WORLD_SIZE=str(nproc),
         MASTER_ADDR=host,
         MASTER_PORT=str(port),
@@ -106,21 +140,56 @@ def _env(
     return env
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` only, for the store's server.
+
+    ``TCPStore(host, port, is_master=True)`` alone listens on every interface whatever ``host`` is
+    (measured with torch 2.13: ``*:PORT``); handed this socket, it serves on ``host`` only.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as e:
+        raise SystemExit(f"saddle_torch.run: cannot listen on --host {host} --port {port}: {e}") from e
+    return sock
+
+
 class _Job:
     """The workers this launcher started, by id, and the store they share."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        if args.join is None:
+        if args.join is None and args.node_rank == 0:
             self.host = args.host
+            self.listener = _listen(args.host, args.port)
+            self.port = self.listener.getsockname()[1]
             self.store = dist.TCPStore(
-                args.host, args.port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
+                args.host,
+                self.port,
+                is_master=True,
+                wait_for_workers=False,
+                timeout=timedelta(seconds=60),
+                master_listen_fd=self.listener.fileno(),
             )
-            self.port = self.store.port
+            self.launch_size = args.nproc * args.nnodes
             self.store.set(key("epoch"), "0")
-            self.store.set(key(0, "members"), ",".join(map(str, range(args.nproc))))
-            self.store.add(key("next_id"), args.nproc)  # ids of later processes start here
-            self.launch_size = args.nproc
+            self.store.set(key(0, "members"), ",".join(map(str, range(self.launch_size))))
+            self.store.add(key("next_id"), self.launch_size)  # ids of later processes start here
+        elif args.join is None:  # node i > 0 of a multi-machine launch: node 0 hosts the store
+            self.host, self.port = args.host, args.port
+            self.store = dist.TCPStore(
+                args.host, args.port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300)
+            )
+            self.launch_size = args.nproc * args.nnodes
+            members = len(parse_ids(self.store.get(key(0, "members"))))  # waits for node 0 to write it
+            if members != self.launch_size:
+                raise SystemExit(
+                    f"saddle_torch.run: node 0 launched {members} ranks, but --nnodes {args.nnodes} x "
+                    f"--nproc {args.nproc} here makes {self.launch_size}: give every node the same values"
+                )
         else:
             host, _, port = args.join.rpartition(":")
             self.host, self.port = host, int(port)
@@ -132,7 +201,7 @@ class _Job:
         self.joiners: set[int] = set()
 
     def start(self, rank: int, join: bool = False, replaces: int | None = None) -> None:
-        env = _env(rank, self.launch_size, self.host, self.port, join, replaces)
+        env = _env(rank, self.launch_size, self.args.nproc, self.host, self.port, join, replaces)
         self.procs[rank] = subprocess.Popen([sys.executable, self.args.script, *self.args.args], env=env)
         if join:
             self.joiners.add(rank)
@@ -152,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     job = _Job(args)
     store = job.store
     if args.join is None:
-        for r in range(args.nproc):
+        for r in range(args.node_rank * args.nproc, (args.node_rank + 1) * args.nproc):
             job.start(r)
     else:
         for _ in range(args.nproc):
@@ -168,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     codes: dict[int, int] = {}
     running = dict(procs)
     role = "joining workers" if args.join else "workers"
+    if args.nnodes > 1:
+        role += f" (ranks {min(procs)}..{max(procs)}, node {args.node_rank} of {args.nnodes})"
     print(
         f"saddle_torch.run: {args.nproc} {role}, store at {job.host}:{job.port}", file=sys.stderr, flush=True
     )
@@ -204,8 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs.values():
             p.wait()
         return 130
-    if args.join is None and not _job_ended(job):  # members started by --join elsewhere use our store
-        print("saddle_torch.run: waiting for the job's other members (started with --join)", file=sys.stderr)
+    hosts_store = args.join is None and args.node_rank == 0
+    if hosts_store and not _job_ended(job):  # members on other nodes or started by --join use our store
+        print(
+            "saddle_torch.run: waiting for the job's other members (other nodes, or started with --join)",
+            file=sys.stderr,
+        )
         while not _job_ended(job):
             time.sleep(0.2)
     failed = {r: c for r, c in codes.items() if c != 0}

@@ -9,7 +9,12 @@ rank is its position). When a rank fails a gossip round, or learns that another 
 2. Each survivor appends ``<original rank>:<completed steps>`` to ``e/alive`` (an atomic append).
 3. The list is closed once every member of ``e`` has registered, is known dead (the launcher writes
    ``dead/<rank>`` when a process exits) or is suspected (a neighbour's round with it timed out or
-   its connection closed) for 3 s without registering, or when the join window has passed.
+   its connection closed) for 3 s without registering, or when the join window has passed. A
+   member still setting up (between ``init()`` and its optimizer: its main thread may sit in a
+   Gloo collective such as ``broadcast_parameters``, which no abort reaches and which ends only at
+   the group's timeout) is marked ``e/busy/<rank>`` by its watcher thread; the list waits for it to
+   register for up to a second join window. A stalled process cannot mark itself (its watcher is
+   stopped too), so a SIGSTOPped rank still gets 3 s.
    Closing is one ``compare_set`` of ``e/final`` to the list as it stands: the first rank to close
    wins and every rank reads the same value, so all survivors agree on the members of ``e + 1``
    without a coordinator.
@@ -93,7 +98,9 @@ def close_list(
     """Wait until ``epoch``'s alive list can close, close it (first closer wins) and return it.
 
     Closes when every rank of ``expected`` registered or is known dead (``dead/<r>``) or suspected for
-    :data:`SUSPECT_GRACE_SECONDS`, or when ``join_window`` has passed. With ``joiners`` the ids of
+    :data:`SUSPECT_GRACE_SECONDS`, or when ``join_window`` has passed. A rank marked busy
+    (``epoch/busy/<r>``: alive, blocked in a set-up collective until the group's timeout) is waited
+    for until it registers or dies, at most a second ``join_window``. With ``joiners`` the ids of
     ``epoch/grow`` (when set) are expected as well.
     """
     deadline = time.monotonic() + join_window.total_seconds()
@@ -107,16 +114,18 @@ def close_list(
         if joiners and store.check([grow_key]):
             wanted += [j for j in parse_grow(store.get(grow_key))[1] if j not in wanted]
         now = time.monotonic()
-        settled = 0
+        settled, busy = 0, False
         for r in wanted:
             if r in alive or store.check([key("dead", r)]):
                 settled += 1
+            elif store.check([key(epoch, "busy", r)]):
+                busy = True  # alive: registers once its collective times out
             elif store.check([key(epoch, "suspect", r)]):
                 # Timeouts cascade: a live rank blocked behind a stalled one is suspected by its
                 # own neighbours too. It registers as soon as it is aborted; give it the grace.
                 if now - suspected_since.setdefault(r, now) >= grace:
                     settled += 1
-        if settled >= len(wanted) or now > deadline:
+        if settled >= len(wanted) or now > deadline + (join_window.total_seconds() if busy else 0.0):
             store.compare_set(final_key, "", raw)  # the first to close wins; others read it
             break
         time.sleep(POLL_SECONDS)

@@ -108,6 +108,9 @@ class ElasticRuntime:
         self.topology = ctx.topology  # the graph over membership.members
         self.behind = 0  # steps this rank skips to line up with the others after a change
         self.joining = joining  # until the state arrived (DistributedOptimizer construction)
+        # Between init() and the optimizer's construction the main thread runs set-up collectives
+        # (broadcast_parameters, the handshakes) that no abort reaches: the watcher vouches for it.
+        self.setting_up = joining is None
         self.history: list[Agreement] = [] if joining is None else [joining]
         replaces = os.environ.get(REPLACES_ENV)
         self.replaces = int(replaces) if replaces else None  # the dead rank a restart stands in for
@@ -139,6 +142,7 @@ class ElasticRuntime:
     def attach(self, rt: SaddleRuntime) -> None:
         """The job's optimizer (its step count, its state for joiners); a joiner receives its state now."""
         self._rt = rt
+        self.setting_up = False
         admitted = self.joining
         if admitted is None:
             return
@@ -154,7 +158,11 @@ class ElasticRuntime:
         )
 
     def _watch(self, store: dist.Store) -> None:
-        """Abort this rank's rounds as soon as anyone marks the current epoch broken; plan growths."""
+        """Abort this rank's rounds as soon as anyone marks the current epoch broken; plan growths.
+
+        While this rank is still setting up, also mark it busy in a broken epoch (see close_list).
+        """
+        vouched = -1
         while not self._stop.wait(POLL_SECONDS):
             with self._lock:
                 epoch, engine = self.membership.epoch, self.ctx.engine
@@ -165,6 +173,12 @@ class ElasticRuntime:
                     self._plan_growth(store, epoch)
             except Exception:  # noqa: BLE001 - the store went away: the job is ending
                 return
+            if broken and self.setting_up and vouched != epoch:
+                try:  # alive, maybe blocked in a set-up collective until the timeout: wait for it
+                    store.set(key(epoch, "busy", self.original_rank), "1")
+                except Exception:  # noqa: BLE001 - the store went away: the job is ending
+                    return
+                vouched = epoch
             with self._lock:
                 if broken and self.membership.epoch == epoch and not engine.broken():
                     engine.abort(f"membership change ({reason})")

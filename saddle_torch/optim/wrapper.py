@@ -457,19 +457,43 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     rt.bn_layers = batchnorm_layers(model)
     rt.bn_frozen = [] if bn_second_pass else rt.bn_layers
     # A process joining a running elastic job does none of the construction handshakes: the members
-    # are mid-training; it receives their state instead (ctx.elastic.attach).
-    joining = ctx.elastic is not None and ctx.elastic.joining is not None
-    _build(rt, opt, flat, collective=not joining)
-    if not joining:
-        _warn_if_ranks_differ(ctx, flat)
-        if comp is not None and gamma == "auto":
-            ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
+    # are mid-training; it receives their state instead (ctx.elastic.attach). Nor does a rank whose
+    # job already changed membership before this (a rank died during broadcast_parameters): some
+    # survivors may already be past their handshakes, and the first step does them on every rank.
+    if ctx.elastic is not None and (ctx.elastic.joining is not None or ctx.elastic.history):
+        _build(rt, opt, flat, collective=False)
+    else:
+        _handshake(rt, opt, flat, gamma)
     rt.source = weakref.ref(optimizer)
     _redirect_step(optimizer, opt)
     opt._saddle = rt
     if ctx.elastic is not None:
         ctx.elastic.attach(rt)
     return opt
+
+
+def _handshake(
+    rt: SaddleRuntime, opt: torch.optim.Optimizer, flat: FlatParameters, gamma: float | str
+) -> None:
+    """The construction's collectives: registration, CHOCO's start, the same-start check, γ.
+
+    Under ``init(elastic=True)`` a rank dying or stalling during them is survived as in a step: the
+    survivors agree on the new membership and form a new group (``recover`` at step 0), and every
+    one of them then sets up without collectives (a rank may have finished these handshakes and
+    met the failure in its first step instead); names register, CHOCO starts and γ is tuned at the
+    first round, on every survivor alike.
+    """
+    ctx, comp = rt.ctx, rt.config.compression
+    try:
+        _build(rt, opt, flat)
+        _warn_if_ranks_differ(ctx, flat)
+        if comp is not None and gamma == "auto":
+            ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
+    except PeerError as exc:
+        if ctx.elastic is None:
+            raise
+        ctx.elastic.recover(exc, 0)  # FencedError if the others went on without this rank
+        _build(rt, opt, flat, collective=False)
 
 
 def _build(

@@ -1,14 +1,21 @@
 """Elastic training with real processes: ranks die or stall mid-run, the survivors finish.
 
-8 ranks train the digits (examples/elastic.py) under ``python -m saddle_torch.run``; a rank SIGKILLs
-or SIGSTOPs itself at a given step. The survivors must finish every step without a hang, lose at most
-the timeout plus 10 s in the step where the failure hit, and their averaged model must be within
-1 point of an uninterrupted run of the same seed.
+8 ranks train Fashion-MNIST (examples/elastic.py --data fashion-mnist) under ``python -m
+saddle_torch.run``; a rank SIGKILLs or SIGSTOPs itself at a given step. The survivors must finish every
+step without a hang, lose at most the timeout plus 10 s in the step where the failure hit, and their
+averaged model must be within 1 point of an uninterrupted run of the same seed.
+
+Fashion-MNIST rather than the digits: its 10,000 test images resolve 0.01 points (the digits' 360 move
+by 0.28 per image), and 300 steps of 16 see less than one pass over a rank's 7,500 images, so losing a
+shard costs little data. On the digits each rank passes ~27 times over 180 images: two dead ranks take
+a quarter of the training set away, and an uninterrupted 6-rank run on the same 6 shards scores what
+the two-kill run scores (docs/errors.md, "Data").
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,7 +29,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "elastic.py"
 TIMEOUT = 10.0  # the gossip timeout the runs use (seconds)
-pytest.importorskip("sklearn")
+FMNIST = Path("/usr/share/datasets/fashion-mnist")  # `make test` installs Debian's dataset-fashion-mnist
+DATA = ["--data", "fashion-mnist", "--data-dir", str(FMNIST)]
 
 
 def _launch(out: Path, *extra: str, launcher: list[str] = ()) -> subprocess.Popen:  # type: ignore[assignment]
@@ -37,7 +45,8 @@ def _launch(out: Path, *extra: str, launcher: list[str] = ()) -> subprocess.Pope
         "--out",
         str(out),
     ]
-    cmd += ["--timeout", str(TIMEOUT), *extra]
+    assert FMNIST.is_dir(), f"{FMNIST} is missing: apt-get install dataset-fashion-mnist (`make test` does)"
+    cmd += [*DATA, "--timeout", str(TIMEOUT), *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -100,10 +109,22 @@ def test_sigkill_one_rank_survivors_finish(tmp_path: Path, baseline: dict[str, A
 
 def test_two_ranks_killed_at_different_steps(tmp_path: Path, baseline: dict[str, Any]) -> None:
     log = _finish(_launch(tmp_path, "--kill", "2@80", "--kill", "5@160"))
-    # Two of eight shards are gone (a quarter of the data after step 160): measured 97.50% against
-    # 98.89% uninterrupted (seed 0), outside the issue's 1 point; the bound here is 2 (docs/errors.md).
-    result = _check_survivors(tmp_path, baseline, [2, 5], log, points=2.0)
+    result = _check_survivors(tmp_path, baseline, [2, 5], log)
     assert [c["departed"] for c in result["history"]] == [[2], [5]]
+
+
+def test_rank_killed_while_the_others_set_up(tmp_path: Path, baseline: dict[str, Any]) -> None:
+    """Rank 3 dies before broadcast_parameters: the others are in set-up collectives, not in a step.
+
+    Ranks blocked in the broadcast (which no abort reaches) wait for the group's timeout; their
+    watchers mark them busy so the membership waits for them instead of fencing them.
+    """
+    log = _finish(_launch(tmp_path, "--kill", "3@start"))
+    assert "rank 3 was killed by SIGKILL" in log
+    assert "FencedError" not in log, log[-4000:]
+    result = _check_survivors(tmp_path, baseline, [3], log)
+    (change,) = result["history"]
+    assert change["steps"] == 0
 
 
 def test_sigstop_rank_is_dropped_then_fenced(tmp_path: Path, baseline: dict[str, Any]) -> None:
@@ -243,8 +264,9 @@ def _check_joiner(out: Path, result: dict[str, Any], joiner: int, others: list[i
     mine = ranks[joiner]
     admitted = next(c for c in result["history"] if joiner in c["members"])
     assert mine["first_step"] == admitted["steps"] > 0
-    # Its first loss is the trained model's (≈ 0.01 here), not a fresh model's (≈ 2.3): the state came over.
-    assert mine["first_loss"] < 0.5, mine
+    # Its first loss is the trained model's (0.2-0.7 on one batch here), not a fresh model's (ln 10 ≈ 2.3):
+    # the state came over.
+    assert mine["first_loss"] < math.log(10) / 2, mine
     # By the end it is as close to the average as the others are (the consensus distance).
     spread = max(ranks[r]["distance_to_mean"] for r in others)
     assert mine["distance_to_mean"] <= 1.5 * spread, (mine["distance_to_mean"], spread)
@@ -282,7 +304,7 @@ def test_new_process_joins_a_running_job(tmp_path: Path) -> None:
             break
     assert address is not None, "".join(lines)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "saddle_torch.run", "--join", address, "--nproc", "1", str(EXAMPLE)]
+    cmd = [sys.executable, "-m", "saddle_torch.run", "--join", address, "--nproc", "1", str(EXAMPLE), *DATA]
     joiner = subprocess.Popen(
         [*cmd, "--out", str(tmp_path), "--timeout", str(TIMEOUT), "--step-seconds", "0.03"],
         cwd=ROOT,
@@ -299,3 +321,48 @@ def test_new_process_joins_a_running_job(tmp_path: Path) -> None:
     assert grew["departed"] == [] and grew["members"] == list(range(9))
     assert "9 ranks continue on ring(9)" in log
     _check_joiner(tmp_path, result, 8, list(range(8)))
+
+
+def _cluster_reason() -> str | None:
+    from saddle_torch.testing import cluster
+
+    return cluster.unavailable_reason()
+
+
+@pytest.mark.skipif(_cluster_reason() is not None, reason=f"no emulated cluster here: {_cluster_reason()}")
+def test_two_machines_survive_a_kill_and_restart_across_hosts(
+    tmp_path: Path, baseline: dict[str, Any]
+) -> None:
+    """Two emulated machines (network namespaces on a bridge), one launcher each, 4 ranks each.
+
+    Rank 5 (machine 1) is killed at step 100; machine 1's launcher reports it and starts process 8
+    there, which joins and receives its state from rank 0 across the bridge (its lowest neighbour on the
+    grown ring). Node 0's launcher hosts the store and waits for machine 1's members before it exits.
+    """
+    from saddle_torch.testing.cluster import Cluster
+
+    lines: list[str] = []
+
+    def argv(node: int) -> list[str]:
+        cmd = [sys.executable, "-m", "saddle_torch.run", "--nnodes", "2", "--node-rank", str(node)]
+        cmd += ["--nproc", "4", "--host", c.addresses[0], "--port", "29650"]
+        cmd += ["--restarts", "1"] if node == 1 else []
+        cmd += [str(EXAMPLE), *DATA, "--out", str(tmp_path), "--timeout", str(TIMEOUT)]
+        return [*cmd, "--kill", "5@100", "--step-seconds", "0.03"]
+
+    with Cluster(2, rates_mbit=1000) as c:
+        codes = c.run(argv, timeout=400, output=lambda node, line: lines.append(f"[node {node}] {line}"))
+    log = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    assert codes == [0, 0], log[-4000:]
+    assert "[node 1] saddle_torch.run: rank 5 was killed by SIGKILL" in log, log[-4000:]
+    assert "started process 8 to join in its place" in log
+    result, ranks = _results(tmp_path)
+    members = [0, 1, 2, 3, 4, 6, 7]
+    assert result["members"] == [*members, 8], log[-4000:]
+    left, joined = result["history"]
+    assert left["departed"] == [5] and joined["members"] == [*members, 8]
+    mine = _check_joiner(tmp_path, result, 8, members)
+    assert mine["replaces"] == 5
+    assert abs(result["accuracy"] - baseline["result"]["accuracy"]) <= 1.0
+    for r in members:
+        assert ranks[r]["history"] == result["history"]
