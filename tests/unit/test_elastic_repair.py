@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import timedelta
+
 import pytest
 import torch
+import torch.distributed as dist
 
 from saddle_torch import topology
 from saddle_torch.elastic.membership import parse_alive
@@ -93,3 +98,42 @@ def test_donor_is_the_joiners_lowest_surviving_neighbour() -> None:
     assert (
         donor_of(topology.from_graph({0: [1], 1: [0, 2], 2: [1]}), 2, survivors=1) == 0
     )  # no surviving neighbour
+
+
+def _closing(store: dist.Store, expected: list[int], window: float) -> tuple[dict[int, int], float]:
+    from saddle_torch.elastic.membership import close_list
+
+    t0 = time.monotonic()
+    final = close_list(store, 0, expected, timedelta(seconds=window))
+    return final, time.monotonic() - t0
+
+
+def test_the_list_waits_for_a_busy_rank_until_it_registers() -> None:
+    """A rank marked busy (blocked in a set-up collective) is waited for past the join window."""
+    from saddle_torch.elastic.membership import key
+
+    store = dist.HashStore()
+    store.append(key(0, "alive"), "0:0;1:0;")
+    store.set(key(0, "busy", 2), "1")
+    threading.Timer(1.5, store.append, args=(key(0, "alive"), "2:0;")).start()  # after the window
+    final, waited = _closing(store, [0, 1, 2], window=1.0)
+    assert final == {0: 0, 1: 0, 2: 0} and waited >= 1.5
+
+
+def test_a_busy_rank_that_never_registers_is_dropped_after_two_windows() -> None:
+    from saddle_torch.elastic.membership import key
+
+    store = dist.HashStore()
+    store.append(key(0, "alive"), "0:0;")
+    store.set(key(0, "busy", 1), "1")
+    final, waited = _closing(store, [0, 1], window=1.0)
+    assert final == {0: 0} and 2.0 <= waited < 10
+
+
+def test_a_silent_rank_that_is_not_busy_is_dropped_after_one_window() -> None:
+    from saddle_torch.elastic.membership import key
+
+    store = dist.HashStore()
+    store.append(key(0, "alive"), "0:0;")
+    final, waited = _closing(store, [0, 1], window=1.0)
+    assert final == {0: 0} and 1.0 <= waited < 2.0  # a busy rank would hold it to 2.0
