@@ -60,22 +60,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="RANK@STEP",
-        help="SIGKILL RANK at STEP (STEP 'start': before the optimizer is set up)",
+        help="SIGKILL RANK at STEP (STEP 'start': before the optimizer is set up; 'init': before "
+        "saddle_torch.init(), while the job forms)",
     )
-    p.add_argument("--stop", action="append", default=[], metavar="RANK@STEP", help="SIGSTOP RANK at STEP")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="RANK@STEP",
+        help="SIGSTOP RANK at STEP (STEP 'init': before saddle_torch.init())",
+    )
     p.add_argument("--step-seconds", type=float, default=0.0, help="sleep per step (a demo you can watch)")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
 
 
 START = -1  # RANK@start: before broadcast_parameters, while the others set up
+INIT = -2  # RANK@init: before saddle_torch.init(), while the others form the job's group
 
 
 def _at(specs: list[str], rank: int) -> int | None:
     for spec in specs:
         r, s = spec.split("@")
         if int(r) == rank:
-            return START if s == "start" else int(s)
+            return {"start": START, "init": INIT}.get(s) or int(s)
     return None
 
 
@@ -112,6 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     x, y, x_test, y_test = (
         load_digits(args.seed) if args.data == "digits" else load_fashion_mnist(args.data_dir)
     )
+    launch_rank = int(os.environ.get("RANK", "0"))
+    if _at(args.kill, launch_rank) == INIT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _at(args.stop, launch_rank) == INIT:
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"pid{launch_rank}").write_text(str(os.getpid()))  # for whoever sends SIGCONT
+        os.kill(os.getpid(), signal.SIGSTOP)
     ctx = st.init(
         topology=args.topology,
         timeout=timedelta(seconds=args.timeout),

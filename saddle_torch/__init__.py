@@ -126,7 +126,8 @@ def _init_elastic(
     compression: Compression | str | None,
 ) -> GossipContext:
     """:func:`init` with ``elastic=True``: the default group is rebuilt on the survivors after a failure."""
-    from saddle_torch.elastic.membership import key
+    from saddle_torch.elastic.rendezvous import start_job
+    from saddle_torch.elastic.repair import repair
     from saddle_torch.elastic.runtime import JOIN_ENV, ElasticRuntime, connect_store, join_job
 
     if process_group is not None:
@@ -136,21 +137,27 @@ def _init_elastic(
         )
     store = connect_store(timeout)
     membership = admitted = None
+    changes: list[Any] = []
     if os.environ.get(JOIN_ENV):  # started by the launcher to join a running job (--restarts, --join)
         topo, membership, admitted = join_job(store, topology, weights, timeout)
-    else:
-        if not dist.is_initialized():
-            dist.init_process_group(
-                "gloo",
-                store=dist.PrefixStore(key(0, "pg") + "/", store),
-                rank=int(os.environ["RANK"]),
-                world_size=int(os.environ["WORLD_SIZE"]),
-                timeout=timeout,
-            )
+    elif dist.is_initialized():  # the caller formed the launch group itself
         topo = _topology.resolve(topology, dist.get_world_size(dist.group.WORLD), weights)
+    else:  # the launch group, or a smaller one if a rank died before it formed
+        world = int(os.environ["WORLD_SIZE"])
+        membership, changes = start_job(store, int(os.environ["RANK"]), world, timeout)
+        topo = _topology.resolve(topology, world, weights)
+        for change in changes:
+            topo = repair(topology, topo, [change.previous.index(r) for r in change.members], weights)
     ctx = GossipContext(dist.group.WORLD, topo, timeout, compression)
     ctx.elastic = ElasticRuntime(
-        ctx, store, topology, weights, join_window=timeout, membership=membership, joining=admitted
+        ctx,
+        store,
+        topology,
+        weights,
+        join_window=timeout,
+        membership=membership,
+        joining=admitted,
+        changes=changes,
     )
     set_current(ctx)
     return ctx

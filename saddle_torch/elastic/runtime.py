@@ -88,6 +88,7 @@ class ElasticRuntime:
         membership: the membership this context starts in (a joiner's; default: every rank of the
             launch, epoch 0).
         joining: a joiner's admission: it receives its state when the optimizer is wrapped.
+        changes: membership changes made at launch (ranks that died before the group formed).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class ElasticRuntime:
         join_window: timedelta,
         membership: Membership | None = None,
         joining: Agreement | None = None,
+        changes: list[Agreement] | None = None,
     ) -> None:
         self.ctx = ctx
         self.store = store
@@ -111,12 +113,12 @@ class ElasticRuntime:
         # Between init() and the optimizer's construction the main thread runs set-up collectives
         # (broadcast_parameters, the handshakes) that no abort reaches: the watcher vouches for it.
         self.setting_up = joining is None
-        self.history: list[Agreement] = [] if joining is None else [joining]
+        self.history: list[Agreement] = list(changes or []) if joining is None else [joining]
         replaces = os.environ.get(REPLACES_ENV)
         self.replaces = int(replaces) if replaces else None  # the dead rank a restart stands in for
         self._rt: SaddleRuntime | None = None
         self._grow: tuple[int, int, list[int]] | None = None  # (epoch, step, ids) of a planned growth
-        self._known = set(self.membership.members) | set(joining.previous if joining else [])
+        self._known = set(self.membership.members) | {r for a in self.history for r in a.previous}
         self._lock = threading.Lock()  # (membership.epoch, ctx.engine) change together
         self._stop = threading.Event()
         self._watcher = threading.Thread(

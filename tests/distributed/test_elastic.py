@@ -127,6 +127,34 @@ def test_rank_killed_while_the_others_set_up(tmp_path: Path, baseline: dict[str,
     assert change["steps"] == 0
 
 
+def test_rank_killed_before_the_job_formed(tmp_path: Path, baseline: dict[str, Any]) -> None:
+    """Rank 3 dies before init(): the others form the job without it instead of failing together."""
+    log = _finish(_launch(tmp_path, "--kill", "3@init"))
+    assert "rank(s) [3] did not join the job at launch" in log, log[-3000:]
+    assert "FencedError" not in log and "wait timeout" not in log, log[-4000:]
+    result = _check_survivors(tmp_path, baseline, [3], log)
+    assert result["history"] == [{"epoch": 1, "members": [0, 1, 2, 4, 5, 6, 7], "departed": [3], "steps": 0}]
+
+
+def test_rank_stalled_before_the_job_formed_is_fenced(tmp_path: Path, baseline: dict[str, Any]) -> None:
+    """Rank 4 stops before init(): the others wait the timeout, start without it; woken, it is fenced."""
+    proc = _launch(tmp_path, "--stop", "4@init")
+    deadline = time.monotonic() + 400
+    while not (tmp_path / "result.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the others did not finish:\n{proc.communicate()[0][-4000:]}")
+        time.sleep(0.5)
+    os.kill(int((tmp_path / "pid4").read_text()), signal.SIGCONT)
+    log = _finish(proc)
+    assert "rank(s) [4] did not reach init() within the timeout" in log, log[-3000:]
+    assert "FencedError" in log, log[-3000:]
+    assert "rank 4 was dropped from the job at membership epoch 0" in log, log[-3000:]
+    assert "rank 4 exited with code 1" in log
+    result = _check_survivors(tmp_path, baseline, [4], log)
+    assert [c["steps"] for c in result["history"]] == [0]
+
+
 def test_sigstop_rank_is_dropped_then_fenced(tmp_path: Path, baseline: dict[str, Any]) -> None:
     proc = _launch(tmp_path, "--stop", "4@100")
     deadline = time.monotonic() + 400

@@ -1,0 +1,107 @@
+"""The launch of an elastic job: epoch 0's group, or epoch 1's when a rank died before it formed.
+
+``dist.init_process_group`` needs every rank of the launch. A rank that dies before it (while it
+imports torch or loads its data, say) would leave the others waiting out the timeout and then fail
+with the store's ``wait timeout`` error. :func:`start_job` forms the group only once every launch rank
+has reached ``init()``; if one is reported dead (the launcher writes ``dead/<rank>`` and marks epoch 0
+broken) or has not come within the timeout, the ranks that came agree on the members through
+:meth:`~saddle_torch.elastic.membership.Membership.agree` at step 0, exactly as after a failure
+mid-training, and form epoch 1's group instead. A rank that reaches ``init()`` after that is fenced
+(:class:`saddle_torch.FencedError`). A rank that dies while the group forms fails the others'
+``init_process_group`` (at once, or at the timeout): they agree the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from saddle_torch.elastic.membership import POLL_SECONDS, Agreement, Membership, key, parse_ids
+
+
+def _form(store: dist.Store, epoch: int, rank: int, size: int, timeout: timedelta) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group(
+        "gloo",
+        store=dist.PrefixStore(key(epoch, "pg") + "/", store),
+        rank=rank,
+        world_size=size,
+        timeout=timeout,
+    )
+
+
+def _launch_group(store: dist.Store, rank: int, world: int, timeout: timedelta) -> str | None:
+    """Form epoch 0's group once every launch rank is ready; ``None``, or why it could not be formed."""
+    store.append(key(0, "ready"), f"{rank};")
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        if store.check([key(0, "broken")]):
+            return store.get(key(0, "broken")).decode()
+        ready = set(parse_ids(store.get(key(0, "ready"))))
+        if len(ready) >= world:
+            break
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(world)) - ready)
+            return f"rank {rank}: rank(s) {missing} did not reach init() within the timeout ({timeout})"
+        time.sleep(POLL_SECONDS)
+    # Blocked in Gloo's connect (no abort reaches it) until the group forms or the timeout: if a
+    # membership change starts meanwhile, it waits for this rank (membership.close_list).
+    busy = key(0, "busy", rank)
+    store.set(busy, "1")
+    try:
+        _form(store, 0, rank, world, timeout)
+    except RuntimeError as err:  # a rank died while the group formed (DistStoreError, Gloo's errors)
+        return f"rank {rank}: forming the launch group failed: {str(err).splitlines()[0][:300]}"
+    finally:
+        store.delete_key(busy)
+    return None
+
+
+def start_job(
+    store: dist.Store, rank: int, world: int, timeout: timedelta
+) -> tuple[Membership, list[Agreement]]:
+    """Form the job's first group; the default process group is its group on return.
+
+    Args:
+        store: a client of the launcher's store.
+        rank: this process's launch rank.
+        world: the number of ranks at launch.
+        timeout: how long to wait for the other ranks to reach ``init()``, and the group's timeout.
+
+    Returns:
+        This rank's membership, and the membership changes made at launch (none when every rank of
+        the launch is in the group).
+
+    Raises:
+        FencedError: this rank came after the others had gone on without it.
+    """
+    membership = Membership(store, rank, list(range(world)), timeout)
+    reason = _launch_group(store, rank, world, timeout)
+    if reason is None:
+        return membership, []
+    membership.report(reason)
+    changes: list[Agreement] = []
+    while True:
+        agreement = membership.agree(0)  # FencedError propagates
+        changes.append(agreement)
+        try:
+            _form(store, agreement.epoch, agreement.members.index(rank), len(agreement.members), timeout)
+        except RuntimeError as err:  # a survivor died while the new group formed: agree again
+            membership.report(f"rank {rank}: forming epoch {agreement.epoch} failed: {err}")
+            continue
+        if rank == agreement.members[0]:
+            missing = sorted(set(range(world)) - set(agreement.members))
+            print(
+                f"saddle_torch.elastic: rank(s) {missing} did not join the job at launch ({reason}); "
+                f"their data shards are not trained on; {len(agreement.members)} ranks start",
+                file=sys.stderr,
+                flush=True,
+            )
+        return membership, changes
+
+
+__all__ = ["start_job"]
