@@ -22,7 +22,11 @@ import torch.distributed as dist
 from saddle_torch.elastic.membership import POLL_SECONDS, Agreement, Membership, key, parse_ids
 
 
-def _form(store: dist.Store, epoch: int, rank: int, size: int, timeout: timedelta) -> None:
+def form_group(store: dist.Store, epoch: int, rank: int, size: int, timeout: timedelta) -> None:
+    """Make the Gloo group of membership ``epoch`` (store prefix ``<epoch>/pg/``) the default group.
+
+    Collective among the epoch's members; the previous default group, if any, is destroyed first.
+    """
     if dist.is_initialized():
         dist.destroy_process_group()
     dist.init_process_group(
@@ -53,7 +57,7 @@ def _launch_group(store: dist.Store, rank: int, world: int, timeout: timedelta) 
     busy = key(0, "busy", rank)
     store.set(busy, "1")
     try:
-        _form(store, 0, rank, world, timeout)
+        form_group(store, 0, rank, world, timeout)
     except RuntimeError as err:  # a rank died while the group formed (DistStoreError, Gloo's errors)
         return f"rank {rank}: forming the launch group failed: {str(err).splitlines()[0][:300]}"
     finally:
@@ -89,7 +93,7 @@ def start_job(
         agreement = membership.agree(0)  # FencedError propagates
         changes.append(agreement)
         try:
-            _form(store, agreement.epoch, agreement.members.index(rank), len(agreement.members), timeout)
+            form_group(store, agreement.epoch, agreement.members.index(rank), len(agreement.members), timeout)
         except RuntimeError as err:  # a survivor died while the new group formed: agree again
             membership.report(f"rank {rank}: forming epoch {agreement.epoch} failed: {err}")
             continue
@@ -104,4 +108,4 @@ def start_job(
         return membership, changes
 
 
-__all__ = ["start_job"]
+__all__ = ["form_group", "start_job"]

@@ -34,6 +34,7 @@ from saddle_torch.elastic.membership import (
     parse_ids,
     wait_for_admission,
 )
+from saddle_torch.elastic.rendezvous import form_group
 from saddle_torch.elastic.repair import grow, joined_topology, joined_topology_needs_graph, repair
 from saddle_torch.errors import PeerError
 
@@ -275,16 +276,8 @@ class ElasticRuntime:
         with self._lock:
             ctx.engine.abort("membership change")
             ctx.engine.close()  # a broken engine keeps its Gloo group alive: never joins a dead peer
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        store = dist.PrefixStore(key(agreement.epoch, "pg") + "/", self.store)
-        dist.init_process_group(
-            "gloo",
-            store=store,
-            rank=agreement.members.index(self.original_rank),
-            world_size=len(agreement.members),
-            timeout=ctx.timeout,
-        )
+        rank, size = agreement.members.index(self.original_rank), len(agreement.members)
+        form_group(self.store, agreement.epoch, rank, size, ctx.timeout)
         with self._lock:
             ctx.rebind(dist.group.WORLD, topo)
 
@@ -333,13 +326,7 @@ def join_job(
         doc = json.loads(store.get(graph_key).decode())
         published = (doc["graph"], doc["name"])
     topo = joined_topology(spec, n, weights, published)
-    dist.init_process_group(
-        "gloo",
-        store=dist.PrefixStore(key(admitted.epoch, "pg") + "/", store),
-        rank=admitted.members.index(my_id),
-        world_size=n,
-        timeout=timeout,
-    )
+    form_group(store, admitted.epoch, admitted.members.index(my_id), n, timeout)
     membership = Membership(store, my_id, admitted.members, timeout)
     membership.epoch = admitted.epoch
     return topo, membership, admitted
