@@ -51,7 +51,7 @@ def _timed(fn) -> float:
 
 def _bench_rank(rank: int, world: int, sizes: list[int], iters: int, topo_name: str) -> dict:
     st.init(topology=topo_name, timeout=timedelta(seconds=300))
-    topo = st.context.current().topology
+    topo = st.gossip.current().topology
     out = {}
     for n in sizes:
         x = torch.randn(n, generator=torch.Generator().manual_seed(rank))
@@ -65,7 +65,7 @@ def _bench_rank(rank: int, world: int, sizes: list[int], iters: int, topo_name: 
         times: dict[str, list[float]] = {k: [] for k in methods}
         for it in range(iters + 2):
             if it == 2:
-                st.context.current().engine.reset_stats()
+                st.gossip.current().engine.reset_stats()
             for name, fn in methods.items():
                 t = _timed(fn)
                 if it >= 2:  # two warm-up iterations

@@ -47,7 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--algorithm", default="q-saddle")
+    p.add_argument(
+        "--algorithm", default="q-saddle", help="DistributedOptimizer's algorithm (e.g. allreduce)"
+    )
+    p.add_argument(
+        "--ddp-hook",
+        action="store_true",
+        help="the DDP port instead: DistributedDataParallel with saddle_torch.hooks.gossip_hook, plain SGD",
+    )
     p.add_argument("--topology", default="ring")
     p.add_argument("--compression", default=None, help="e.g. int8")
     p.add_argument(
@@ -144,10 +151,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(x.shape[1], 64), nn.ReLU(), nn.Linear(64, 10))
     st.broadcast_parameters(model.state_dict(), root_rank=0)  # a joiner: nothing (its state comes next)
-    opt = st.DistributedOptimizer(
-        torch.optim.SGD(model.parameters(), lr=args.lr), model, algorithm=args.algorithm
-    )
-    first = opt.saddle.step  # 0, or the step the job was at when this process joined
+    if args.ddp_hook:  # the DDP port: the hook survives a dead neighbour by itself (no joiners)
+        net: nn.Module = nn.parallel.DistributedDataParallel(model)
+        net.register_comm_hook(st.hooks.GossipHookState(), st.hooks.gossip_hook)
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+        first = 0
+    else:
+        net = model
+        opt = st.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=args.lr), model, algorithm=args.algorithm
+        )
+        first = opt.saddle.step  # 0, or the step the job was at when this process joined
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"pid{me}").write_text(str(os.getpid()))  # for whoever sends SIGCONT
@@ -168,12 +182,16 @@ def main(argv: list[str] | None = None) -> None:
 
         def closure(idx: torch.Tensor = idx) -> torch.Tensor:
             opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
             loss.backward()
             return loss
 
         t0 = time.monotonic()
-        loss = opt.step(closure)
+        if args.ddp_hook:
+            loss = closure()
+            opt.step()
+        else:
+            loss = opt.step(closure)
         first_loss = float(loss.detach()) if first_loss is None else first_loss
         slowest = max(slowest, time.monotonic() - t0)
         if args.step_seconds:

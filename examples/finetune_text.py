@@ -59,8 +59,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 import saddle_torch as st  # noqa: E402
-from saddle_torch.context import current  # noqa: E402
 from saddle_torch.data import DirichletPartition  # noqa: E402
+from saddle_torch.gossip import current  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 QGM_ALGORITHMS = ("qgm", "q-saddle")

@@ -25,7 +25,7 @@ def main() -> None:
     st.init(topology=args.topology)
     torch.manual_seed(st.rank())
     x = torch.randn(args.numel, dtype=torch.float64) + st.rank()
-    topo = st.context.current().topology
+    topo = st.gossip.current().topology
     d0 = st.consensus_distance(x)
     if st.rank() == 0:
         print(

@@ -35,8 +35,8 @@ from torch.nn import functional as F  # noqa: N812 - the usual name
 from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 import saddle_torch as st
-from saddle_torch.context import current
 from saddle_torch.data import DirichletPartition, Partition, PartitionSampler, ShardPartition, dataset_labels
+from saddle_torch.gossip import current
 
 QGM_ALGORITHMS = ("qgm", "q-saddle")  # momentum is the QGM β, the wrapped SGD runs without momentum
 # Fixed seeds, not --seed: every seed and algorithm sees the same training subset, the same samples for
@@ -835,8 +835,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         bytes_base -= extra["bytes_sent"]
         stream.seek(extra["data_epoch"], extra["data_position"])
 
-    cfg = opt.saddle.config
-    gamma_used = current().resolve_gamma(cfg.gamma, cfg.compression)  # cached at wrap time: no collective
+    gamma_used = opt.saddle.gamma  # "auto" as resolved when the optimizer was wrapped
     config = {
         **vars(args),
         "world_size": n,

@@ -12,7 +12,6 @@ except ImportError as exc:  # pragma: no cover - only without a build
         "in the repository (or `make install`)"
     ) from exc
 
-PeerError = _C.PeerError
 NativeTopology = _C.Topology
 GossipEngine = _C.GossipEngine
 Completion = _C.Completion  # completes a torch Future from the engine's worker (the DDP hook)
@@ -36,7 +35,6 @@ qgm_buffer_update = _C.qgm_buffer_update
 weighted_sum_ = _C.weighted_sum_
 
 # Codecs and compressed gossip.
-CorruptMessageError = _C.CorruptMessageError
 make_codec = _C.make_codec
 codec_encode = _C.codec_encode
 codec_decode = _C.codec_decode

@@ -22,12 +22,12 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from saddle_torch import _ops
 from saddle_torch import topology as _topology
-from saddle_torch.compression import Compression
-from saddle_torch.compression import resolve as resolve_compression
+from saddle_torch.comm import groups
+from saddle_torch.compression import Compression, resolve
+from saddle_torch.gossip import GossipContext, current_or_none
 from saddle_torch.hooks import GossipHookState, gossip_hook
 
 
@@ -38,7 +38,7 @@ class BackendConfig:
     topology: Any = "ring"
     weights: str = "uniform"
     gamma: float | str = "auto"
-    compression: Compression | None = None
+    compression: Compression = Compression.none  # type: ignore[attr-defined]
     mix: str = "params+grads"
     warmup_steps: int = 0
     ddp_hook: bool = True
@@ -53,22 +53,21 @@ class _Registry:
 
     def __init__(self) -> None:
         self.config = BackendConfig()
-        self.contexts: dict[int, Any] = {}  # id(group) → GossipContext of the DDP hooks
+        self.contexts: dict[int, GossipContext] = {}  # id(group) → GossipContext of the DDP hooks
 
-    def context(self, group: dist.ProcessGroup) -> Any:
+    def context(self, group: Any) -> GossipContext:
         """The gossip context of ``group`` (collective the first time: built by every rank)."""
-        from saddle_torch import context
-
         key = id(group)
         if key in self.contexts:
             return self.contexts[key]
-        if context._current is not None and context._current.group is group:
-            ctx = context._current  # st.init() on this group: one engine, one tag sequence
+        default = current_or_none()
+        if default is not None and default.group is group:
+            ctx = default  # st.init() on this group: one engine, one tag sequence
         else:
-            size = dist.get_world_size(group)
+            size = groups.group_size(group)
             topo = _topology.resolve(self.config.topology, size, self.config.weights)
-            seconds = group._get_backend(torch.device("cpu")).timeout_seconds
-            ctx = context.GossipContext(group, topo, timedelta(seconds=seconds), self.config.compression)
+            seconds = groups.gloo_backend(group).timeout_seconds
+            ctx = GossipContext(group, topo, timedelta(seconds=seconds), self.config.compression)
         self.contexts[key] = ctx
         return ctx
 
@@ -109,32 +108,32 @@ def configure(
             "configure(gossip_sum=...) was removed: every collective of a saddle group is now exact, and "
             "DistributedDataParallel models on it gossip through the hook the backend registers"
         )
-    if dist.is_initialized() and dist.get_backend() == "saddle":
+    if groups.default_backend_name() == "saddle":
         raise RuntimeError(
             "saddle_torch.configure() must come before init_process_group('saddle'): this process "
             "already has a saddle group whose options are fixed (destroy_process_group() first)"
         )
     GossipHookState(warmup_steps=warmup_steps, gamma=gamma, mix=mix)  # validates, as for the hook
     _registry.config = BackendConfig(
-        topology, weights, gamma, resolve_compression(compression), mix, warmup_steps, ddp_hook
+        topology, weights, gamma, resolve(compression), mix, warmup_steps, ddp_hook
     )
     _registry.contexts.clear()
 
 
-def _create(store: dist.Store, rank: int, size: int, timeout: timedelta) -> Any:
-    inner = dist.ProcessGroupGloo(store, rank, size, timeout)
+def _create(store: Any, rank: int, size: int, timeout: timedelta) -> Any:
+    inner = groups.new_gloo_backend(store, rank, size, timeout)
     _topology.resolve(_registry.config.topology, size, _registry.config.weights)  # fail early
     _install_ddp_hook()
     return _ops.SaddleBackend(inner, timeout.total_seconds())
 
 
-def is_saddle_group(group: dist.ProcessGroup | None) -> bool:
+def is_saddle_group(group: Any) -> bool:
     """Whether ``group`` (``None``: the default group) runs on the ``saddle`` backend."""
-    group = group or (dist.group.WORLD if dist.is_initialized() else None)
+    group = group or (groups.world() if groups.is_initialized() else None)
     if group is None:
         return False
     try:
-        return isinstance(group._get_backend(torch.device("cpu")), _ops.SaddleBackend)
+        return isinstance(groups.gloo_backend(group), _ops.SaddleBackend)
     except (RuntimeError, ValueError):
         return False
 
@@ -173,17 +172,16 @@ def close_contexts() -> None:
 
 def register() -> None:
     """Register ``"saddle"`` with torch.distributed (idempotent)."""
-    if "saddle" not in dist.Backend.backend_list:
-        dist.Backend.register_backend("saddle", _create, devices=["cpu"])
+    groups.register_backend("saddle", _create)
 
 
-def gossip_stats(group: dist.ProcessGroup | None = None) -> dict[str, float]:
+def gossip_stats(group: Any = None) -> dict[str, float]:
     """Gossip counters of the DDP models on a ``saddle`` group (bytes, rounds, wait and transfer time).
 
     Raises:
         ValueError: ``group`` is not a ``saddle`` group, or no DDP model on it has gossiped yet.
     """
-    group = group or dist.group.WORLD
+    group = group or groups.world()
     if not is_saddle_group(group):
         raise ValueError("this process group does not use the saddle backend")
     ctx = _registry.contexts.get(id(group))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saddle_torch import context
+from saddle_torch.gossip import current
 
 _FORMAT = 1
 
@@ -32,7 +32,7 @@ def save_checkpoint(
     Returns:
         The path written.
     """
-    ctx = context.current()
+    ctx = current()
     target = rank_path(path, ctx.rank)
     target.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -65,7 +65,7 @@ def load_checkpoint(
         FileNotFoundError: no checkpoint for this rank.
         ValueError: the checkpoint belongs to another rank, world size or topology.
     """
-    ctx = context.current()
+    ctx = current()
     source = rank_path(path, ctx.rank)
     state = torch.load(source, map_location="cpu", weights_only=False)
     if state.get("format") != _FORMAT:

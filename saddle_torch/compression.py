@@ -1,11 +1,11 @@
 """Compressed gossip: codecs and CHOCO error feedback (Koloskova et al., 2019).
 
-``compression=`` accepts a :class:`Compression` (or ``None`` / ``Compression.none`` for exact gossip).
-Every rank keeps a public copy x̂ and s = Σ_{j∈N(i)∪{i}} w_ij x̂_j per gossip name; a round sends
-q = C(x − x̂), then x̂ += q, s += Σ_j w_ij q_j and x += γ (s − x̂). x̂ and s start at the tensor itself
-when it is the same on every rank (a broadcast model; CRC-checked once), else at 0 as in the paper.
-Messages carry a validated header;
-``stats()`` counts their exact bytes. "4×" means a message is at most a quarter of the fp32 bytes,
+``compression=`` accepts a :class:`Compression` or its name (``"int8"``, ``"topk:0.1"``; ``"none"`` or
+``Compression.none`` for exact gossip); ``None`` means the default given to :func:`saddle_torch.init`
+(:func:`resolve`). Every rank keeps a public copy x̂ and s = Σ_{j∈N(i)∪{i}} w_ij x̂_j per gossip name;
+a round sends q = C(x − x̂), then x̂ += q, s += Σ_j w_ij q_j and x += γ (s − x̂) (the state lives in
+:mod:`saddle_torch.gossip.choco`). Messages carry a validated header; ``stats()`` counts their exact
+bytes. "4×" means a message is at most a quarter of the fp32 bytes,
 header and indices included: ``topk`` needs ratio < 1/8 for it, and ``int8`` reaches 3.94× (one fp32
 scale per 256 elements).
 """
@@ -13,12 +13,12 @@ scale per 256 elements).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, replace
 
 import torch
 
 from saddle_torch import _ops
+from saddle_torch.errors import CompressionWarning
 from saddle_torch.topology import Topology
 
 
@@ -97,10 +97,19 @@ Compression.int8 = Compression("qsgd", bits=8)  # type: ignore[attr-defined]
 Compression.sign = Compression("sign")  # type: ignore[attr-defined]
 
 
-def resolve(compression: Compression | str | None) -> Compression | None:
-    """``None`` for exact gossip, else a :class:`Compression` (strings: ``"int8"``, ``"topk:0.1"``...)."""
+def resolve(compression: Compression | str | None, *, default: Compression | None = None) -> Compression:
+    """The :class:`Compression` an option stands for; never ``None`` (exact gossip is ``Compression.none``).
+
+    ``compression=None`` means one thing everywhere in saddle_torch: *the default* — the codec given to
+    :func:`saddle_torch.init` (exact gossip when that was ``None`` too). Here ``default`` is that
+    codec. Strings name codecs: ``"none"``, ``"fp16"``, ``"bf16"``, ``"int8"``, ``"sign"``,
+    ``"qsgd[:bits]"``, ``"topk:ratio"``, ``"randk:ratio"``.
+
+    Raises:
+        ValueError: an unknown codec name, a missing ratio, or a value that is not a Compression.
+    """
     if compression is None:
-        return None
+        return default if default is not None else Compression.none  # type: ignore[attr-defined]
     if isinstance(compression, str):
         name, *arg = compression.split(":")
         if name in ("none", "fp16", "bf16", "int8", "sign"):
@@ -115,7 +124,25 @@ def resolve(compression: Compression | str | None) -> Compression | None:
             raise ValueError(f"unknown compression {compression!r}; e.g. int8, fp16, topk:0.1, qsgd:4, sign")
     if not isinstance(compression, Compression):
         raise ValueError(f"compression must be a saddle_torch.Compression, got {type(compression).__name__}")
-    return None if compression.is_none else compression
+    return compression
+
+
+def check_gamma(gamma: float | str) -> float | str:
+    """Validate a gossip step option: ``"auto"`` or a number in (0, 1]; returns it (as a float).
+
+    The one validation of γ: every option that takes it (:func:`saddle_torch.DistributedOptimizer`,
+    :func:`saddle_torch.neighbor_average`, the DDP hook, the ``saddle`` backend) calls this. ``"auto"``
+    is resolved once per topology and codec when the gossip name registers (a set-up handshake),
+    never inside a round: 1 for exact gossip, :func:`tune_gamma`'s choice for a codec.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if gamma == "auto":
+        return gamma
+    if isinstance(gamma, str | bool) or not isinstance(gamma, int | float) or not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be 'auto' or in (0, 1], got {gamma!r}")
+    return float(gamma)
 
 
 def roundtrip(compression: Compression, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -224,7 +251,7 @@ def tune_gamma(
         γ from ``grid``; the smallest grid value if every γ diverges.
     """
     comp = resolve(compression)
-    if comp is None or topology.size == 1:
+    if comp.is_none or topology.size == 1:
         return 1.0
     short: dict[float, float] = {}
     for gamma in grid:
@@ -239,74 +266,11 @@ def tune_gamma(
     return min(grid)
 
 
-class CompressionWarning(RuntimeWarning):
-    """Compressed gossip is not converging (a γ too large for the codec and the graph)."""
-
-
-class ResidualMonitor:
-    """Watches CHOCO's residual r = ‖x − x̂‖/‖x‖ of one gossip name and warns once when it diverges.
-
-    Healthy CHOCO keeps x̂ close to x: r stays small (or falls) as training goes on. Two signatures of
-    a γ too large for the codec and the graph, both measured (docs/benchmarks.md):
-
-    - r keeps growing: it rose at 7 of the last 8 checks and at least doubled over them (topk:0.12 at
-      γ = 0.6 on a ring of 8 while training: r grows ×1.5 every 20 rounds from round 100 on);
-    - r never contracts: it stays above 0.5 for ``patience`` rounds (static consensus, topk:0.1 at
-      γ = 1 on a ring of 4: r stays 1.1–1.7).
-
-    Checked every ``every`` rounds (two norms of the tensor), and at once on a non-finite model.
-    """
-
-    def __init__(
-        self, name: str, gamma: float, compression: Compression, every: int = 10, patience: int = 100
-    ) -> None:
-        self.name, self.gamma, self.compression = name, gamma, compression
-        self.every, self.patience = every, patience
-        self.rounds = 0
-        self.high = 0  # consecutive rounds (checked ones, times ``every``) with r > 0.5
-        self.recent: list[float] = []  # r at the last 9 checks
-        self.warned = False
-
-    def observe(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
-        """Account one completed round of ``x`` with public copy ``x_hat``."""
-        self.rounds += 1
-        if self.warned or self.rounds % self.every:
-            return
-        norm = float(x.norm())
-        if not math.isfinite(norm):
-            self._warn("the model is no longer finite")
-            return
-        r = float(torch.dist(x, x_hat)) / (norm + 1e-30)
-        self.recent = [*self.recent[-8:], r]
-        rises = sum(b > a for a, b in zip(self.recent, self.recent[1:], strict=False))
-        if len(self.recent) == 9 and rises >= 7 and r >= 2 * self.recent[0] and r > 1e-3:
-            self._warn(
-                f"its CHOCO residual ‖x − x̂‖/‖x‖ grew from {self.recent[0]:.3g} to {r:.3g} over the last "
-                f"{8 * self.every} rounds"
-            )
-            return
-        self.high = self.high + self.every if r > 0.5 else 0
-        if self.high >= self.patience:
-            self._warn(
-                f"its CHOCO residual ‖x − x̂‖/‖x‖ has stayed above 0.5 for {self.high} rounds (now {r:.2f})"
-            )
-
-    def _warn(self, what: str) -> None:
-        self.warned = True
-        warnings.warn(
-            f"saddle_torch: compressed gossip of {self.name!r} is diverging: {what}, with gamma={self.gamma} "
-            f"and compression={self.compression!r}. Training on it gives garbage: use gamma='auto' "
-            f"(saddle_torch.compression.tune_gamma) or a smaller gamma for this codec and topology.",
-            CompressionWarning,
-            stacklevel=3,
-        )
-
-
 __all__ = [
     "GAMMA_GRID",
     "Compression",
     "CompressionWarning",
-    "ResidualMonitor",
+    "check_gamma",
     "resolve",
     "roundtrip",
     "simulate_consensus",

@@ -84,6 +84,9 @@ class FlatParameters:
         self._param_ptrs = [
             (p, view.data_ptr()) for key, buf in self.buffers.items() for p, view in self._views(key, buf)
         ]
+        self._layout = [
+            (p, key.dtype, key.device, p.shape) for key, group in self.groups.items() for p in group
+        ]
         if grads:
             self.attach_grads()
 
@@ -130,9 +133,8 @@ class FlatParameters:
         Then :meth:`repoint` cannot bring it back and the buffers must be built again.
         """
         return any(
-            p.dtype != key.dtype or p.device != key.device or p.shape != view.shape
-            for key, buf in self.buffers.items()
-            for p, view in self._views(key, buf)
+            p.dtype != dtype or p.device != device or p.shape != shape
+            for p, dtype, device, shape in self._layout
         )
 
     def repoint(self) -> int:

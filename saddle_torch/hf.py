@@ -9,9 +9,9 @@
 Install with ``pip install saddle_torch[hf]``. A drop-in subclass of ``transformers.Trainer``:
 
 - the Trainer's optimizer (AdamW from ``TrainingArguments``, or the one passed as ``optimizers=``) is
-  wrapped in :func:`saddle_torch.DistributedOptimizer`; an optimizer that already is one is kept.
-  Wrapping before the Trainer moves the model is fine: the flat buffers follow the move at the first
-  step (:func:`saddle_torch.optim.wrapper.follow_model`);
+  wrapped in :func:`saddle_torch.DistributedOptimizer` (:class:`saddle_torch.Decentralized`); an
+  optimizer that already is one is kept. Wrapping before the Trainer moves the model is fine: the flat
+  buffers follow the move at the first step (:func:`saddle_torch.optim.build.follow_model`);
 - accelerate places the model and applies mixed precision, but does **not** wrap it in
   ``DistributedDataParallel``: gradients are never all-reduced;
 - SAM and cross-gradient algorithms evaluate the loss again inside ``optimizer.step()``: every
@@ -27,11 +27,9 @@ Evaluation runs on each rank's own model; metrics are not averaged across ranks.
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 try:
@@ -40,9 +38,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("saddle_torch.hf needs transformers: pip install 'saddle_torch[hf]'") from exc
 
-import saddle_torch as st
+from saddle_torch.frameworks import Decentralized
+from saddle_torch.optim import SaddleRuntime
 from saddle_torch.optim.replay import MicroBatches
-from saddle_torch.optim.wrapper import DistributedOptimizer, SaddleRuntime, _DistributedOptimizer
 
 
 class SaddleTrainer(Trainer):
@@ -50,58 +48,31 @@ class SaddleTrainer(Trainer):
 
     Args:
         *args: ``Trainer``'s positional arguments.
-        topology: gossip graph (any value :func:`saddle_torch.init` accepts).
-        weights: ``"uniform"`` or ``"metropolis"`` mixing weights.
-        compression: default gossip codec (``None``: exact), e.g. ``"int8"``.
-        gossip_timeout: how long a gossip round waits for a neighbour before :class:`PeerError`.
-        algorithm: the :func:`DistributedOptimizer` algorithm (default ``"q-saddle"``: with the
-            Trainer's AdamW, QG-Adam with SAM).
-        rho: SAM radius.
-        optimizer_options: further keyword options of :func:`DistributedOptimizer`.
         per_rank_data: ``train_dataset`` is this rank's own shard (not split again).
-        **kwargs: ``Trainer``'s keyword arguments (``model``, ``args``, ``train_dataset``,
-            ``optimizers``, ...).
+        **kwargs: the decentralization options — the fields of :class:`saddle_torch.Decentralized`
+            (``topology``, ``weights``, ``compression``, ``gossip_timeout``, ``algorithm`` (default
+            ``"q-saddle"``: with the Trainer's AdamW, QG-Adam with SAM), ``rho``,
+            ``optimizer_options``), or ``setup=Decentralized(...)`` — and ``Trainer``'s keyword
+            arguments (``model``, ``args``, ``train_dataset``, ``optimizers``, ...).
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        topology: Any = "ring",
-        weights: str = "uniform",
-        compression: Any = None,
-        gossip_timeout: timedelta = timedelta(seconds=300),
-        algorithm: str = "q-saddle",
-        rho: float = 0.05,
-        optimizer_options: dict[str, Any] | None = None,
-        per_rank_data: bool = True,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, per_rank_data: bool = True, **kwargs: Any) -> None:
+        self.saddle = Decentralized.take(kwargs)
         super().__init__(*args, **kwargs)
-        self.gossip = st.init(
-            topology=topology, timeout=gossip_timeout, weights=weights, compression=compression
-        )
-        self._saddle_options = {"algorithm": algorithm, "rho": rho, **(optimizer_options or {})}
+        self.gossip = self.saddle.init()
         self.per_rank_data = per_rank_data
         if self.optimizer is not None:
-            self.optimizer = self._decentralize(self.optimizer)
+            self.optimizer = self.saddle.wrap(self.optimizer, self.model)
 
     # -- optimizer ---------------------------------------------------------------------------------
-    def _decentralize(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        if isinstance(optimizer, _DistributedOptimizer):
-            return optimizer
-        return DistributedOptimizer(optimizer, self.model, **self._saddle_options)
-
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer, wrapped in :func:`DistributedOptimizer` (collective)."""
         super().create_optimizer(model)
-        self.optimizer = self._decentralize(self.optimizer)
+        self.optimizer = self.saddle.wrap(self.optimizer, self.model)
         return self.optimizer
 
     def _runtime(self) -> SaddleRuntime:
-        opt = self.optimizer
-        while not isinstance(opt, _DistributedOptimizer):  # accelerate's AcceleratedOptimizer wraps it
-            opt = opt.optimizer
-        return opt.saddle
+        return Decentralized.runtime(self.optimizer)  # accelerate's AcceleratedOptimizer wraps it
 
     # -- model: placed by accelerate, never wrapped in DDP ----------------------------------------
     def _wrap_model(self, model: nn.Module, training: bool = True, dataloader: Any = None) -> nn.Module:
@@ -117,7 +88,7 @@ class SaddleTrainer(Trainer):
         """The Trainer's forward/backward; micro-batches are kept for the step's extra passes."""
         loss = super().training_step(model, inputs, num_items_in_batch)
         rt = self._runtime()
-        if rt.config.algorithm.needs_closure:
+        if rt.needs_closure:
             if rt.replay is None:
                 rt.replay = MicroBatches(rt.optimizer.zero_grad, after=functools.partial(self._clip, model))
             rt.replay.add(functools.partial(super().training_step, model, inputs, num_items_in_batch), loss)
@@ -142,10 +113,8 @@ class SaddleTrainer(Trainer):
         if isinstance(sampler, BatchSamplerShard):  # accelerate's split of one dataset: undo it
             sampler.num_processes, sampler.process_index = 1, 0
         if self.gossip.size > 1 and self.args.max_steps <= 0:
-            mine = torch.tensor([len(loader)], dtype=torch.int64)
-            every = [torch.empty_like(mine) for _ in range(self.gossip.size)]
-            dist.all_gather(every, mine, group=self.gossip.group)
-            lengths = [int(t) for t in every]
+            every = self.gossip.door.agree([len(loader)], what="comparing the ranks' batches per epoch")
+            lengths = [t[0] for t in every]
             if len(set(lengths)) > 1:
                 raise ValueError(
                     f"with per_rank_data the ranks' datasets give {lengths} batches per epoch: give "

@@ -30,9 +30,10 @@ import torch
 import torch.distributed as dist
 
 from saddle_torch import _ops
-from saddle_torch import context as _context
-from saddle_torch.compression import Compression
-from saddle_torch.compression import resolve as resolve_compression
+from saddle_torch import topology as _topology
+from saddle_torch.compression import Compression, check_gamma, resolve
+from saddle_torch.errors import PeerError
+from saddle_torch.gossip import GossipContext, current
 
 MIXES = ("params+grads", "params", "grads")
 GRADS_ONLY_GAMMA = 0.5  # gradient gossip with γ = 1 lets the −1/3 mode of a ring's W grow
@@ -47,8 +48,9 @@ class GossipHookState:
         gamma: gossip step γ in (0, 1], or ``"auto"`` (default): 1 for exact gossip (0.5 with
             ``mix="grads"``), the tuned value for a codec (:func:`saddle_torch.compression.tune_gamma`).
         mix: what each bucket gossips: ``"params+grads"`` (default), ``"params"`` or ``"grads"``.
-        compression: codec for the gossip rounds (``None``: exact gossip), with CHOCO error feedback
-            kept per bucket.
+        compression: codec for the gossip rounds, with CHOCO error feedback kept per bucket;
+            ``"none"`` is exact and ``None`` (default), as everywhere in saddle_torch, the default
+            given to :func:`saddle_torch.init` (exact unless it was given one).
         topology: switch the gossip context to this topology when the hook first gossips
             (``None``: keep the one given to :func:`saddle_torch.init`).
         context: the gossip context to use (``None``: :func:`saddle_torch.init`'s default). The
@@ -63,33 +65,79 @@ class GossipHookState:
     context: Any = field(default=None, repr=False)
     iteration: int = 0
     _topology_set: bool = field(default=False, repr=False)
+    _fresh: bool = field(default=True, repr=False)  # the next bucket is an iteration's first
+    _failure: PeerError | None = field(default=None, repr=False)  # elastic: a round of this iteration failed
+    _skipping: bool = field(default=False, repr=False)  # elastic: this iteration lines up, no gossip
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be ≥ 0, got {self.warmup_steps}")
-        if self.gamma != "auto" and (isinstance(self.gamma, str) or not 0 < self.gamma <= 1):
-            raise ValueError(f"gamma must be 'auto' or in (0, 1], got {self.gamma!r}")
+        self.gamma = check_gamma(self.gamma)
         if self.mix not in MIXES:
             raise ValueError(f"mix must be one of {', '.join(MIXES)}; got {self.mix!r}")
-        self.compression = resolve_compression(self.compression) or Compression.none
+        if self.compression is not None:  # None stays "the context's default", resolved with the context
+            self.compression = resolve(self.compression)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_topology_set"] = False  # re-applied in the process that unpickles it
         state["context"] = None  # a context holds a process group: rebuilt where it is unpickled
+        state["_failure"] = None
         return state
 
-    def gossip_context(self) -> _context.GossipContext:
+    def gossip_context(self) -> GossipContext:
         """The context this hook gossips through."""
-        return self.context if self.context is not None else _context.current()
+        return self.context if self.context is not None else current()
 
-    def resolved_gamma(self, ctx: _context.GossipContext) -> float:
-        """γ of this hook's rounds on ``ctx`` (``"auto"`` resolved)."""
-        comp = None if self.compression is Compression.none else self.compression
-        gamma = ctx.resolve_gamma(self.gamma, comp)
+    def codec(self, ctx: GossipContext) -> Compression:
+        """The codec of this hook's rounds on ``ctx``."""
+        return resolve(self.compression, default=ctx.compression)
+
+    def resolved_gamma(self, ctx: GossipContext) -> float:
+        """γ of this hook's rounds on ``ctx`` (``"auto"`` resolved; collective for a new codec)."""
+        gamma = ctx.resolve_gamma(self.gamma, self.codec(ctx))
         if self.gamma == "auto" and self.mix == "grads":
             gamma = min(gamma, GRADS_ONLY_GAMMA)
         return gamma
+
+    # -- elastic: a failed round is survived at the next iteration's first bucket -------------------
+    def _line_up(self, ctx: GossipContext) -> None:
+        """Elastic, at an iteration's first bucket: recover from a failure, then line up with the others.
+
+        A round that failed in the last iteration (or an engine the membership watcher aborted) makes
+        this rank agree on the survivors with the others and move onto their new group, exactly as
+        :func:`saddle_torch.DistributedOptimizer` does between steps; a rank that is behind the most
+        advanced survivor then runs its missing iterations without gossip.
+        """
+        elastic = ctx.elastic
+        failure = self._failure
+        if failure is None and ctx.engine.broken():
+            failure = PeerError("saddle_torch: aborted: the membership is changing", aborted=True)
+        if failure is not None:
+            self._failure = None
+            elastic.recover(failure, self.iteration)
+        self._skipping = elastic.behind > 0
+
+    def _survive(self, future: torch.futures.Future, buffer: torch.Tensor, backup: Any = None) -> Any:
+        """Elastic: ``future``'s failure is recorded and the bucket keeps its local value instead."""
+
+        def done(fut: torch.futures.Future) -> torch.Tensor:
+            try:
+                return fut.value()
+            except Exception as exc:  # noqa: BLE001 - PeerError, or the transport's own error
+                if self._failure is None:
+                    self._failure = exc if isinstance(exc, PeerError) else PeerError(str(exc))
+                if backup is not None:
+                    buffer.copy_(backup)
+                return buffer
+
+        return future.then(done)
+
+
+def _local(buffer: torch.Tensor) -> torch.futures.Future:
+    future: torch.futures.Future = torch.futures.Future()
+    future.set_result(buffer)
+    return future
 
 
 def gossip_hook(state: GossipHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -100,23 +148,51 @@ def gossip_hook(state: GossipHookState, bucket: dist.GradBucket) -> torch.future
     future is completed by the gossip engine's worker thread once they are mixed, so backward of the
     later buckets overlaps the gossip. Exact all-reduce during the warm-up.
 
+    Under ``init(elastic=True)`` a neighbour that dies is survived: the buckets whose rounds failed
+    keep their local values for that iteration, and at the next iteration's first bucket the
+    survivors agree on the new membership and go on gossiping among themselves (docs/errors.md).
+
     Raises:
         PeerError: a neighbour died or stalled past the timeout (DDP re-raises the future's error from
-            ``backward()``, as a ``RuntimeError`` that carries the ``PeerError`` message).
+            ``backward()`` with its type), unless the job is elastic.
     """
     ctx = state.gossip_context()
     buffer = bucket.buffer()
+    iteration = state.iteration  # iterations completed before this bucket's
+    first, state._fresh = state._fresh, bucket.is_last()
     if bucket.is_last():
         state.iteration += 1
-    if state.iteration - (1 if bucket.is_last() else 0) < state.warmup_steps:
-        work = dist.all_reduce(buffer, group=ctx.group, async_op=True)
-        return work.get_future().then(lambda fut: fut.value()[0].div_(ctx.size))
-    if state.topology is not None and not state._topology_set:
-        from saddle_torch import topology as _topology
+    elastic = ctx.elastic
+    if elastic is not None:
+        if first:
+            state._line_up(ctx)
+        if bucket.is_last() and state._skipping:
+            elastic.behind -= 1
+        if state._skipping or state._failure is not None:
+            return _local(buffer)  # lining up, or this iteration already failed: no more rounds
+        try:
+            return _post(state, ctx, bucket, buffer, iteration)
+        except PeerError as exc:  # a set-up handshake of a new name, or a round refused by a broken engine
+            if state._failure is None:
+                state._failure = exc
+            return _local(buffer)
+    return _post(state, ctx, bucket, buffer, iteration)
 
+
+def _post(
+    state: GossipHookState, ctx: GossipContext, bucket: dist.GradBucket, buffer: torch.Tensor, iteration: int
+) -> torch.futures.Future[torch.Tensor]:
+    elastic = ctx.elastic is not None
+    if iteration < state.warmup_steps:
+        backup = buffer.clone() if elastic else None  # a failed all-reduce may leave partial sums
+        future = ctx.door.all_reduce_async(buffer, what="the DDP hook's warm-up all-reduce").then(
+            lambda fut: fut.value().div_(ctx.size)
+        )
+        return state._survive(future, buffer, backup) if elastic else future
+    if state.topology is not None and not state._topology_set:
         ctx.set_topology(_topology.resolve(state.topology, ctx.size))
         state._topology_set = True
-    gamma = state.resolved_gamma(ctx)
+    codec = state.codec(ctx)
     # DDP rebuilds its buckets after the first iteration: the size is part of the name.
     suffix = f"{bucket.index()}/{buffer.numel()}"
     # The engine's worker mixes each round as its messages arrive, writes the mixed parameters back
@@ -127,20 +203,18 @@ def gossip_hook(state: GossipHookState, bucket: dist.GradBucket) -> torch.future
         # Every gradient of this bucket is computed: its parameters are free to be overwritten.
         params = [p.detach() for p in bucket.parameters()]
         flat = torch.cat([p.reshape(-1) for p in params])
+        name = f"ddp/params{suffix}"
+        ctx.register(name, flat, codec)  # set-up handshake of a new name; resolves "auto" γ
+        gamma = state.resolved_gamma(ctx)
         ctx.start(
-            flat,
-            f"ddp/params{suffix}",
-            gamma,
-            True,
-            False,
-            compression=state.compression,
-            scatter=params,
-            completion=completion,
+            flat, name, gamma=gamma, compression=codec, inplace=True, scatter=params, completion=completion
         )
     if state.mix != "params":
         name = f"ddp/grads{suffix}"
-        ctx.start(buffer, name, gamma, True, False, compression=state.compression, completion=completion)
-    return future
+        ctx.register(name, buffer, codec)
+        gamma = state.resolved_gamma(ctx)
+        ctx.start(buffer, name, gamma=gamma, compression=codec, inplace=True, completion=completion)
+    return state._survive(future, buffer) if elastic else future
 
 
 __all__ = ["GossipHookState", "gossip_hook"]

@@ -27,7 +27,6 @@ Metrics logged with ``sync_dist=True`` are averaged over the ranks' own models.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -42,28 +41,24 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "saddle_torch.lightning needs PyTorch Lightning: pip install 'saddle_torch[lightning]'"
     ) from exc
 
-import saddle_torch as st
+from saddle_torch.api.broadcast import broadcast_parameters
+from saddle_torch.frameworks import Decentralized
+from saddle_torch.gossip import GossipContext
 from saddle_torch.hooks import GossipHookState, gossip_hook
 from saddle_torch.optim.replay import MicroBatches
-from saddle_torch.optim.wrapper import DistributedOptimizer, _DistributedOptimizer
 
 
 class SaddleStrategy(DDPStrategy):
     """Decentralized training for Lightning: gossip with graph neighbours, no all-reduce of gradients.
 
     Args:
-        topology: gossip graph (any value :func:`saddle_torch.init` accepts).
-        weights: ``"uniform"`` or ``"metropolis"`` mixing weights.
-        compression: default gossip codec (``None``: exact), e.g. ``"int8"``.
-        gossip_timeout: how long a gossip round waits for a neighbour before :class:`PeerError`.
-        algorithm: the :func:`DistributedOptimizer` algorithm applied to plain optimizers.
-        rho: SAM radius.
-        optimizer_options: further keyword options of :func:`DistributedOptimizer` (``order``,
-            ``gamma``, ``beta``, ``qg_adam``, ...).
         hook: use the DDP port instead: wrap the model in DDP and register
             :func:`saddle_torch.hooks.gossip_hook` with this state (on CPU and CUDA alike).
-        **kwargs: passed to Lightning's ``DDPStrategy`` (``process_group_backend``, ``timeout``,
-            ``start_method``, DDP options in hook mode, ...).
+        **kwargs: the decentralization options — the fields of :class:`saddle_torch.Decentralized`
+            (``topology``, ``weights``, ``compression``, ``gossip_timeout``, ``algorithm``, ``rho``,
+            ``optimizer_options``), or ``setup=Decentralized(...)`` — and Lightning's ``DDPStrategy``
+            options (``process_group_backend``, ``timeout``, ``start_method``, DDP options in hook
+            mode, ...).
 
     Raises:
         ValueError: ``sync_batchnorm=True`` without ``hook`` (it all-reduces BatchNorm statistics in
@@ -73,43 +68,20 @@ class SaddleStrategy(DDPStrategy):
 
     strategy_name = "saddle"
 
-    def __init__(
-        self,
-        *,
-        topology: Any = "ring",
-        weights: str = "uniform",
-        compression: Any = None,
-        gossip_timeout: timedelta = timedelta(seconds=300),
-        algorithm: str = "q-saddle",
-        rho: float = 0.05,
-        optimizer_options: dict[str, Any] | None = None,
-        hook: GossipHookState | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, hook: GossipHookState | None = None, **kwargs: Any) -> None:
         if "ddp_comm_hook" in kwargs:
             raise ValueError("SaddleStrategy registers its own hook: pass hook=GossipHookState(...)")
+        self.saddle = Decentralized.take(kwargs)
         super().__init__(**kwargs)
-        self._topology = topology
-        self._weights = weights
-        self._compression = compression
-        self._gossip_timeout = gossip_timeout
-        self._algorithm = algorithm
-        self._rho = rho
-        self._optimizer_options = dict(optimizer_options or {})
         self._hook = hook
         self._micro: MicroBatches | None = None
-        self.gossip: st.GossipContext | None = None
+        self.gossip: GossipContext | None = None
 
     # -- process group and gossip context --------------------------------------------------------
     def setup_environment(self) -> None:
         """Start the process group (as ``DDPStrategy``), then saddle_torch's gossip context on it."""
         super().setup_environment()
-        self.gossip = st.init(
-            topology=self._topology,
-            timeout=self._gossip_timeout,
-            weights=self._weights,
-            compression=self._compression,
-        )
+        self.gossip = self.saddle.init()
 
     # -- model and optimizers --------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer) -> None:
@@ -129,7 +101,7 @@ class SaddleStrategy(DDPStrategy):
         """Hook mode: DDP. Otherwise the model stays as it is, after a broadcast of rank 0's weights."""
         if self._hook is not None:
             return super()._setup_model(model)
-        st.broadcast_parameters(model.state_dict(), root_rank=0)
+        broadcast_parameters(model.state_dict(), root_rank=0)
         return model
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
@@ -137,7 +109,7 @@ class SaddleStrategy(DDPStrategy):
         super().setup_optimizers(trainer)
         wrapped = []
         for opt in self.optimizers:
-            already = isinstance(opt, _DistributedOptimizer)
+            already = Decentralized.is_wrapped(opt)
             if self._hook is not None:
                 if already:
                     raise ValueError(
@@ -145,18 +117,8 @@ class SaddleStrategy(DDPStrategy):
                         "return a plain optimizer, not a DistributedOptimizer (the model would gossip twice)"
                     )
                 wrapped.append(opt)
-            elif already:
-                wrapped.append(opt)
             else:
-                wrapped.append(
-                    DistributedOptimizer(
-                        opt,
-                        self.lightning_module,
-                        algorithm=self._algorithm,
-                        rho=self._rho,
-                        **self._optimizer_options,
-                    )
-                )
+                wrapped.append(self.saddle.wrap(opt, self.lightning_module))
         self.optimizers = wrapped
 
     def _register_ddp_hooks(self) -> None:

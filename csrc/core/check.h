@@ -7,7 +7,9 @@
 
 namespace saddle {
 
-// Raised for an internal invariant that does not hold (a bug, or memory corrupted by a peer).
+// The root of every exception the project raises (codec::CorruptMessage and the binding's PeerError
+// derive from it). Thrown itself for an internal invariant that does not hold (a bug, or memory
+// corrupted by a peer); Python sees it as saddle_torch.InternalError.
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;

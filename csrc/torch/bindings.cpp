@@ -21,6 +21,51 @@ namespace {
 
 using TopologyPtr = std::shared_ptr<Topology>;
 
+// Sets the Python error to an instance of saddle_torch.errors.<cls>(message, **fields).
+void set_error(const char* cls, const char* message, const py::dict& fields) {
+  try {
+    py::object type = py::module_::import("saddle_torch.errors").attr(cls);
+    py::object error = type(message, **fields);
+    PyErr_SetObject(type.ptr(), error.ptr());
+  } catch (const py::error_already_set&) {  // the interpreter is finalizing: the message still goes out
+    PyErr_SetString(PyExc_RuntimeError, message);
+  }
+}
+
+py::object peer_or_none(int peer) { return peer < 0 ? py::none() : py::object(py::int_(peer)); }
+
+void set_python_error(const st::Failure& failure) {
+  py::dict fields;
+  fields["peer"] = peer_or_none(failure.peer);
+  if (failure.corrupt) {
+    set_error("CorruptMessageError", failure.what.c_str(), fields);
+    return;
+  }
+  fields["aborted"] = failure.aborted;
+  set_error("PeerError", failure.what.c_str(), fields);
+}
+
+// Every project exception becomes its saddle_torch.errors class (all under SaddleError), with the
+// structured fields the elastic runtime reads (PeerError.peer, .aborted) instead of message text.
+void translate(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const st::PeerError& e) {
+    py::dict fields;
+    fields["peer"] = peer_or_none(e.peer());
+    fields["aborted"] = e.aborted();
+    set_error("PeerError", e.what(), fields);
+  } catch (const st::CorruptMessageFrom& e) {
+    py::dict fields;
+    fields["peer"] = peer_or_none(e.peer());
+    set_error("CorruptMessageError", e.what(), fields);
+  } catch (const saddle::codec::CorruptMessage& e) {
+    set_error("CorruptMessageError", e.what(), py::dict());
+  } catch (const saddle::Error& e) {
+    set_error("InternalError", e.what(), py::dict());
+  }
+}
+
 template <typename F>
 TopologyPtr make(F&& f) {
   return std::make_shared<Topology>(f());
@@ -75,13 +120,12 @@ void bind_engine(py::module_& m) {
              auto wrapper = future.cast<std::shared_ptr<torch::jit::PythonFutureWrapper>>();
              // The value as Future.set_result stores it, so the future's consumers read it unchanged.
              c10::IValue v = torch::jit::toIValue(value, c10::PyObjectType::get());
-             // The future's error is a Python PeerError, so that backward() raises it with its type
-             // (torch restores a python_error as the original exception; other errors become
-             // RuntimeError). Called on the engine's worker, which takes the GIL for it.
-             auto make_error = [](const std::string& what) {
+             // The future's error is the Python saddle_torch error with its fields, so that backward()
+             // raises it with its type (torch restores a python_error as the original exception;
+             // other errors become RuntimeError). Called on the engine's worker, which takes the GIL.
+             auto make_error = [](const st::Failure& failure) {
                py::gil_scoped_acquire gil;
-               PyObject* type = py::module_::import("saddle_torch._C").attr("PeerError").ptr();
-               PyErr_SetString(type, what.c_str());
+               set_python_error(failure);
                python_error err;
                err.persist();
                return std::make_exception_ptr(std::move(err));
@@ -210,8 +254,7 @@ void bind_backend(py::module_& m) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "saddle_torch native extension (import it only through saddle_torch._ops)";
-  py::register_exception<st::PeerError>(m, "PeerError", PyExc_RuntimeError);
-  py::register_exception<saddle::codec::CorruptMessage>(m, "CorruptMessageError", PyExc_RuntimeError);
+  py::register_exception_translator(&translate);
   bind_topology(m);
   bind_engine(m);
   bind_optim(m);

@@ -32,20 +32,20 @@ Completion::Completion(c10::intrusive_ptr<c10::ivalue::Future> future, c10::IVal
   SADDLE_CHECK_ARG(rounds > 0, "a completion needs at least one round, got ", rounds);
 }
 
-void Completion::round_done(const std::string& error) {
-  std::string failure;
+void Completion::round_done(const Failure& failure) {
+  Failure first;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!error.empty() && error_.empty()) error_ = error;
+    if (!failure.empty() && failure_.empty()) failure_ = failure;
     if (--remaining_ > 0) return;
-    failure = error_;
+    first = failure_;
   }
   // Every round of the future is over (their buffers are free): complete it, outside the lock.
-  if (failure.empty()) {
+  if (first.empty()) {
     future_->markCompleted(value_);
   } else {
-    const std::string what = "saddle_torch: " + failure;
-    future_->setError(make_error_ ? make_error_(what) : std::make_exception_ptr(PeerError(what)));
+    first.what = "saddle_torch: " + first.what;
+    future_->setError(make_error_ ? make_error_(first) : std::make_exception_ptr(PeerError(first)));
   }
 }
 
@@ -89,12 +89,12 @@ void GossipEngine::close() {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return;
     closed_ = true;
-    if (!broken_reason_.empty()) {
+    if (!broken_.empty()) {
       // A failed Gloo transport may still write into these buffers: never free them.
       new std::vector<std::shared_ptr<Round>>(std::move(graveyard_));
     }
     backend = std::move(backend_);
-    if (!broken_reason_.empty()) {
+    if (!broken_.empty()) {
       // Destroying a Gloo group whose peer died or stalled joins threads that may be blocked on that
       // peer until the timeout, and its pairs may still touch the graveyard's buffers: keep it.
       new c10::intrusive_ptr<c10d::Backend>(std::move(backend));
@@ -108,7 +108,7 @@ void GossipEngine::abort(const std::string& reason) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return;
-    if (broken_reason_.empty()) broken_reason_ = "aborted: " + reason;
+    if (broken_.empty()) broken_ = Failure{"aborted: " + reason, -1, true, false};
     aborted_ = true;
   }
   {
@@ -132,7 +132,7 @@ void GossipEngine::abort(const std::string& reason) {
 
 bool GossipEngine::broken() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return !broken_reason_.empty();
+  return !broken_.empty();
 }
 
 void GossipEngine::set_topology(std::shared_ptr<topology::Topology> topology) {
@@ -149,8 +149,11 @@ std::shared_ptr<topology::Topology> GossipEngine::topology() const {
 }
 
 void GossipEngine::raise_broken() const {
-  throw PeerError("saddle_torch: the gossip engine of rank " + std::to_string(rank_) +
-                  " failed earlier and the process group is unusable: " + broken_reason_);
+  Failure failure = broken_;
+  failure.what = "the gossip engine of rank " + std::to_string(rank_) +
+                 " failed earlier and the process group is unusable: " + broken_.what;
+  failure.corrupt = false;
+  raise_failure(std::move(failure));
 }
 
 std::shared_ptr<Round> GossipEngine::start(const at::Tensor& x, const RoundOptions& options,
@@ -282,7 +285,7 @@ std::shared_ptr<topology::Topology> GossipEngine::open_round(Round& round) {
     throw std::runtime_error(
         "saddle_torch: the gossip engine was closed (saddle_torch.shutdown() or exit); call saddle_torch.init() "
         "again");
-  if (!broken_reason_.empty()) raise_broken();
+  if (!broken_.empty()) raise_broken();
   // Every rank opens its rounds in the same order, so the k-th round has the same tag everywhere.
   round.tag_ = static_cast<int>(kTagBase + next_tag_ % kTagSpan);
   ++next_tag_;
@@ -318,10 +321,13 @@ void GossipEngine::post(const std::shared_ptr<Round>& round) {
     msg << "rank " << rank_ << ": gossip " << what << " with neighbour " << peer << " could not be posted (step "
         << round->options_.step << "): the neighbour died, stalled or closed its connection. Transport said: "
         << e.what();
-    std::lock_guard<std::mutex> lock(mu_);
-    if (broken_reason_.empty()) broken_reason_ = msg.str();
-    graveyard_.push_back(round);
-    throw PeerError("saddle_torch: " + msg.str());
+    const Failure failure{msg.str(), peer};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (broken_.empty()) broken_ = failure;
+      graveyard_.push_back(round);
+    }
+    raise_failure(failure);
   }
   round->posted_ = Clock::now();
   {
@@ -347,7 +353,7 @@ void GossipEngine::sender_loop() {
 }
 
 void GossipEngine::encode_and_send(Round& round) {
-  std::string error;
+  Failure error;
   try {
     const codec::Codec& codec = *round.compression_.codec;
     const codec::Parallel par = aten_parallel();
@@ -365,17 +371,17 @@ void GossipEngine::encode_and_send(Round& round) {
         msg << "rank " << rank_ << ": gossip send with neighbour " << round.send_peers_[j]
             << " could not be posted (step " << round.options_.step
             << "): the neighbour died, stalled or closed its connection. Transport said: " << e.what();
-        error = msg.str();
+        error = Failure{msg.str(), round.send_peers_[j]};
         break;
       }
     }
   } catch (const std::exception& e) {
-    error = std::string("rank ") + std::to_string(rank_) + ": encoding the gossip message failed: " + e.what();
+    error = Failure{std::string("rank ") + std::to_string(rank_) + ": encoding the gossip message failed: " + e.what()};
   }
   {
     std::lock_guard<std::mutex> lock(round.mu_);
     round.sends_posted_ = true;
-    if (!error.empty() && round.error_.empty()) round.error_ = error;
+    if (!error.empty() && round.failure_.empty()) round.failure_ = error;
   }
   round.cv_.notify_all();
 }
@@ -400,10 +406,10 @@ void GossipEngine::worker_loop() {
     }
     if (round->completion_) {
       // Nobody will call finish(): mix here, release the buffers, complete the caller's future.
-      std::string error;
+      Failure error;
       {
         std::lock_guard<std::mutex> lock(round->mu_);
-        error = round->error_;
+        error = round->failure_;
         round->waited_ = round->finished_ = true;
       }
       if (error.empty()) {
@@ -411,7 +417,7 @@ void GossipEngine::worker_loop() {
           mix(*round);
           account(*round);
         } catch (const std::exception& e) {
-          error = std::string("rank ") + std::to_string(rank_) + ": " + e.what();
+          error = Failure{std::string("rank ") + std::to_string(rank_) + ": " + e.what()};
         }
       }
       if (!error.empty()) {
@@ -431,16 +437,15 @@ void GossipEngine::worker_loop() {
   }
 }
 
-void GossipEngine::fail(const std::shared_ptr<Round>& round, const std::string& error) {
+void GossipEngine::fail(const std::shared_ptr<Round>& round, const Failure& failure) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (broken_reason_.empty()) broken_reason_ = error;
+  if (broken_.empty()) broken_ = failure;
   graveyard_.push_back(round);
 }
 
 void GossipEngine::wait_round(Round& round) {
   const auto deadline = round.posted_ + options_.timeout;
-  std::string error;
-  bool corrupt = false;
+  Failure error;
   auto budget = [&] {
     const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     // kNoTimeout is 0 ms in c10d: never pass it by accident.
@@ -453,8 +458,11 @@ void GossipEngine::wait_round(Round& round) {
       // Gloo returns false from an aborted wait: the round did not complete.
       if (error.empty()) {
         std::lock_guard<std::mutex> lock(mu_);
-        error = "rank " + std::to_string(rank_) + ": gossip " + what + " with neighbour " + std::to_string(peer) +
-                " (step " + std::to_string(round.options_.step) + ") " + broken_reason_;
+        // Aborted (a membership change): the neighbour is not to blame, unless an earlier failure was.
+        error = Failure{"rank " + std::to_string(rank_) + ": gossip " + what + " with neighbour " +
+                            std::to_string(peer) + " (step " + std::to_string(round.options_.step) + ") " +
+                            broken_.what,
+                        broken_.aborted ? -1 : broken_.peer, broken_.aborted};
       }
       return false;
     } catch (const std::exception& e) {
@@ -463,7 +471,7 @@ void GossipEngine::wait_round(Round& round) {
       msg << "rank " << rank_ << ": gossip " << what << " with neighbour " << peer << " failed (step "
           << round.options_.step << ", timeout " << options_.timeout.count() / 1000.0
           << " s): the neighbour died, stalled or closed its connection. Transport said: " << e.what();
-      error = msg.str();
+      error = Failure{msg.str(), peer};
       return false;
     }
   };
@@ -474,9 +482,9 @@ void GossipEngine::wait_round(Round& round) {
       try {
         accumulate(round, j);
       } catch (const codec::CorruptMessage& e) {
-        error = "rank " + std::to_string(rank_) + ": corrupted gossip message from neighbour " +
-                std::to_string(round.recv_peers_[j]) + ": " + e.what();
-        corrupt = true;
+        error = Failure{"rank " + std::to_string(rank_) + ": corrupted gossip message from neighbour " +
+                            std::to_string(round.recv_peers_[j]) + ": " + e.what(),
+                        round.recv_peers_[j], false, true};
       }
     }
   }
@@ -484,7 +492,7 @@ void GossipEngine::wait_round(Round& round) {
     // Compressed rounds: the sender thread posts the sends once the message is encoded.
     std::unique_lock<std::mutex> lock(round.mu_);
     round.cv_.wait(lock, [&] { return round.sends_posted_; });
-    if (error.empty() && !round.error_.empty()) error = round.error_;
+    if (error.empty() && !round.failure_.empty()) error = round.failure_;
   }
   for (size_t j = 0; j < round.sends_.size(); ++j) wait_one(*round.sends_[j], "send", round.send_peers_[j]);
   if (error.empty() && round.gossip_ && round.compression_.codec) {
@@ -505,8 +513,7 @@ void GossipEngine::wait_round(Round& round) {
   }
   {
     std::lock_guard<std::mutex> lock(round.mu_);
-    round.error_ = std::move(error);
-    round.corrupt_ = corrupt;
+    round.failure_ = std::move(error);
     round.done_ = true;
   }
   round.cv_.notify_all();
@@ -528,14 +535,13 @@ void GossipEngine::wait(const std::shared_ptr<Round>& round) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.wait_seconds += blocked;
   }
-  if (!round->error_.empty()) {
-    fail(round, round->error_);
+  if (!round->failure_.empty()) {
+    fail(round, round->failure_);
     {
       std::lock_guard<std::mutex> round_lock(round->mu_);
       round->finished_ = true;
     }
-    if (round->corrupt_) throw codec::CorruptMessage(round->error_);
-    throw PeerError("saddle_torch: " + round->error_);
+    raise_failure(round->failure_);
   }
 }
 

@@ -19,6 +19,7 @@
 
 #include "core/topology/topology.h"
 #include "torch/codec_ops.h"
+#include "torch/errors.h"
 
 namespace saddle::torch_ext {
 
@@ -57,19 +58,19 @@ struct EngineStats {
 // Future.set_result would; the first failure of any of the rounds becomes the future's error.
 class Completion {
  public:
-  // `make_error` turns a failure message into the exception the future carries (the binding makes
-  // it a Python saddle_torch.PeerError, which backward() then raises with its type intact).
-  using ErrorFactory = std::function<std::exception_ptr(const std::string&)>;
+  // `make_error` turns a failure into the exception the future carries (the binding makes it a
+  // Python saddle_torch.PeerError with its fields, which backward() then raises with its type intact).
+  using ErrorFactory = std::function<std::exception_ptr(const Failure&)>;
   Completion(c10::intrusive_ptr<c10::ivalue::Future> future, c10::IValue value, int rounds,
              ErrorFactory make_error = {});
-  void round_done(const std::string& error);  // called by the worker, once per round
+  void round_done(const Failure& failure);  // called by the worker, once per round
 
  private:
   std::mutex mu_;
   c10::intrusive_ptr<c10::ivalue::Future> future_;
   c10::IValue value_;
   int remaining_;
-  std::string error_;
+  Failure failure_;
   ErrorFactory make_error_;
 };
 
@@ -108,8 +109,7 @@ class Round {
   bool done_ = false;
   bool waited_ = false;
   bool finished_ = false;
-  bool corrupt_ = false;  // error_ is a corrupted message (CorruptMessageError), not a transport failure
-  std::string error_;
+  Failure failure_;  // empty unless the round failed (set by the worker, or the sender thread first)
 };
 
 class GossipEngine {
@@ -193,7 +193,7 @@ class GossipEngine {
   void mix(Round& round);
   void account(const Round& round);
   void release_round(Round& round);
-  void fail(const std::shared_ptr<Round>& round, const std::string& error);
+  void fail(const std::shared_ptr<Round>& round, const Failure& failure);
   // Receive and snapshot buffers are reused across rounds: warm pages, no allocation per round.
   at::Tensor acquire(const at::Tensor& like);
   at::Tensor acquire(int64_t numel, at::ScalarType dtype);
@@ -207,10 +207,10 @@ class GossipEngine {
   int rank_ = 0;
   int size_ = 1;
 
-  mutable std::mutex mu_;  // guards topology_, stats_, broken_reason_, graveyard_, next_tag_, pool_
+  mutable std::mutex mu_;  // guards topology_, stats_, broken_, graveyard_, next_tag_, pool_
   std::shared_ptr<topology::Topology> topology_;
   EngineStats stats_;
-  std::string broken_reason_;
+  Failure broken_;  // the first failure (or abort); empty while the engine is healthy
   // Rounds whose buffers a failed transport may still write into: kept alive on purpose.
   std::vector<std::shared_ptr<Round>> graveyard_;
   uint32_t next_tag_ = 0;

@@ -30,6 +30,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from saddle_torch._log import LOG_ENV
 from saddle_torch.elastic.membership import key, parse_ids
 from saddle_torch.elastic.runtime import ID_ENV, JOIN_ENV, REPLACES_ENV, STORE_ENV
 
@@ -131,6 +132,7 @@ def _env(
     )
     env[STORE_ENV] = f"{host}:{port}"
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault(LOG_ENV, "INFO")  # the workers' membership and admission records, on their stderr
     env.pop(JOIN_ENV, None)
     env.pop(REPLACES_ENV, None)
     if join:

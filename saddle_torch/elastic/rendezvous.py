@@ -13,13 +13,16 @@ mid-training, and form epoch 1's group instead. A rank that reaches ``init()`` a
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from datetime import timedelta
 
 import torch.distributed as dist
 
+from saddle_torch.comm import form_epoch_group
 from saddle_torch.elastic.membership import POLL_SECONDS, Agreement, Membership, key, parse_ids
+
+log = logging.getLogger("saddle_torch.elastic")
 
 
 def form_group(store: dist.Store, epoch: int, rank: int, size: int, timeout: timedelta) -> None:
@@ -27,15 +30,7 @@ def form_group(store: dist.Store, epoch: int, rank: int, size: int, timeout: tim
 
     Collective among the epoch's members; the previous default group, if any, is destroyed first.
     """
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    dist.init_process_group(
-        "gloo",
-        store=dist.PrefixStore(key(epoch, "pg") + "/", store),
-        rank=rank,
-        world_size=size,
-        timeout=timeout,
-    )
+    form_epoch_group(store, key(epoch, "pg") + "/", rank, size, timeout)
 
 
 def _launch_group(store: dist.Store, rank: int, world: int, timeout: timedelta) -> str | None:
@@ -99,11 +94,12 @@ def start_job(
             continue
         if rank == agreement.members[0]:
             missing = sorted(set(range(world)) - set(agreement.members))
-            print(
-                f"saddle_torch.elastic: rank(s) {missing} did not join the job at launch ({reason}); "
-                f"their data shards are not trained on; {len(agreement.members)} ranks start",
-                file=sys.stderr,
-                flush=True,
+            log.warning(
+                "saddle_torch.elastic: rank(s) %s did not join the job at launch (%s); their data shards "
+                "are not trained on; %d ranks start",
+                missing,
+                reason,
+                len(agreement.members),
             )
         return membership, changes
 

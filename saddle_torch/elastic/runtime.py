@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
+from saddle_torch.comm import groups
 from saddle_torch.elastic import transfer
 from saddle_torch.elastic.membership import (
     POLL_SECONDS,
@@ -37,18 +36,17 @@ from saddle_torch.elastic.membership import (
 from saddle_torch.elastic.rendezvous import form_group
 from saddle_torch.elastic.repair import grow, joined_topology, joined_topology_needs_graph, repair
 from saddle_torch.errors import PeerError
+from saddle_torch.gossip import GossipContext
+from saddle_torch.topology import Topology
 
 if TYPE_CHECKING:
-    from saddle_torch.context import GossipContext
-    from saddle_torch.optim.wrapper import SaddleRuntime
-    from saddle_torch.topology import Topology
+    from saddle_torch.optim import SaddleRuntime
 
 STORE_ENV = "SADDLE_ELASTIC_STORE"  # host:port of the launcher's store, set by saddle_torch.run
 JOIN_ENV = "SADDLE_ELASTIC_JOIN"  # set by the launcher for a process that joins a running job
 ID_ENV = "SADDLE_ELASTIC_ID"  # its id (never reused)
 REPLACES_ENV = "SADDLE_ELASTIC_REPLACES"  # the dead rank a restarted process replaces (its data shard)
 log = logging.getLogger("saddle_torch.elastic")
-_NEIGHBOUR = re.compile(r"with neighbour (\d+)")
 
 
 def connect_store(timeout: timedelta) -> dist.TCPStore:
@@ -69,11 +67,16 @@ def connect_store(timeout: timedelta) -> dist.TCPStore:
 
 
 def suspects_of(exc: BaseException, members: list[int]) -> list[int]:
-    """Original ranks that ``exc`` blames: the neighbour of a failed round (not after an abort)."""
-    text = str(exc)
-    if "aborted:" in text:
+    """Original ranks that ``exc`` blames: the neighbour of a failed round (``PeerError.peer``).
+
+    Nobody is blamed for an aborted round (the membership was already changing) or a failure without
+    a neighbour (a collective: the rank that died is reported by the launcher, or suspected by the
+    neighbours whose rounds with it failed).
+    """
+    peer = getattr(exc, "peer", None)
+    if getattr(exc, "aborted", False) or peer is None or not 0 <= peer < len(members):
         return []
-    return sorted({members[int(m)] for m in _NEIGHBOUR.findall(text) if int(m) < len(members)})
+    return [members[peer]]
 
 
 class ElasticRuntime:
@@ -111,9 +114,6 @@ class ElasticRuntime:
         self.topology = ctx.topology  # the graph over membership.members
         self.behind = 0  # steps this rank skips to line up with the others after a change
         self.joining = joining  # until the state arrived (DistributedOptimizer construction)
-        # Between init() and the optimizer's construction the main thread runs set-up collectives
-        # (broadcast_parameters, the handshakes) that no abort reaches: the watcher vouches for it.
-        self.setting_up = joining is None
         self.history: list[Agreement] = list(changes or []) if joining is None else [joining]
         replaces = os.environ.get(REPLACES_ENV)
         self.replaces = int(replaces) if replaces else None  # the dead rank a restart stands in for
@@ -145,30 +145,35 @@ class ElasticRuntime:
     def attach(self, rt: SaddleRuntime) -> None:
         """The job's optimizer (its step count, its state for joiners); a joiner receives its state now."""
         self._rt = rt
-        self.setting_up = False
         admitted = self.joining
         if admitted is None:
             return
         ctx = self.ctx
         donor = transfer.donor_of(ctx.topology, ctx.rank, len(admitted.survivors))
-        transfer.load_state(rt, transfer.recv_state(donor, ctx.group), admitted.steps)
+        transfer.load_state(rt, transfer.recv_state(donor, ctx.door), admitted.steps)
         self.joining = None
-        print(
-            f"saddle_torch.elastic: process {self.original_rank} joined as rank {ctx.rank} of {ctx.size} at "
-            f"step {admitted.steps} (epoch {admitted.epoch}); model and optimizer state from rank {donor}",
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            "saddle_torch.elastic: process %d joined as rank %d of %d at step %d (epoch %d); model and "
+            "optimizer state from rank %d",
+            self.original_rank,
+            ctx.rank,
+            ctx.size,
+            admitted.steps,
+            admitted.epoch,
+            donor,
         )
 
     def _watch(self, store: dist.Store) -> None:
         """Abort this rank's rounds as soon as anyone marks the current epoch broken; plan growths.
 
-        While this rank is still setting up, also mark it busy in a broken epoch (see close_list).
+        While this rank's main thread waits in a collective (a set-up handshake, ``broadcast_parameters``,
+        the all-reduce of ``algorithm="allreduce"``: no abort reaches those, they end at the group's
+        timeout), also mark it busy in a broken epoch, so that the others wait for it (close_list).
         """
         vouched = -1
         while not self._stop.wait(POLL_SECONDS):
             with self._lock:
-                epoch, engine = self.membership.epoch, self.ctx.engine
+                epoch, engine, door = self.membership.epoch, self.ctx.engine, self.ctx.door
             try:
                 broken = store.check([key(epoch, "broken")])
                 reason = store.get(key(epoch, "broken")).decode() if broken else ""
@@ -176,7 +181,7 @@ class ElasticRuntime:
                     self._plan_growth(store, epoch)
             except Exception:  # noqa: BLE001 - the store went away: the job is ending
                 return
-            if broken and self.setting_up and vouched != epoch:
+            if broken and door.blocked and vouched != epoch:
                 try:  # alive, maybe blocked in a set-up collective until the timeout: wait for it
                     store.set(key(epoch, "busy", self.original_rank), "1")
                 except Exception:  # noqa: BLE001 - the store went away: the job is ending
@@ -255,11 +260,13 @@ class ElasticRuntime:
                 what.append(f"rank(s) {agreement.departed} left (their data shards are no longer trained on)")
             if agreement.joined:
                 what.append(f"process(es) {agreement.joined} joined")
-            print(
-                f"saddle_torch.elastic: membership epoch {agreement.epoch} at step {agreement.steps}: "
-                f"{'; '.join(what) or 'same members'}; {ctx.size} ranks continue on {ctx.topology.name}",
-                file=sys.stderr,
-                flush=True,
+            (log.warning if agreement.departed else log.info)(
+                "saddle_torch.elastic: membership epoch %d at step %d: %s; %d ranks continue on %s",
+                agreement.epoch,
+                agreement.steps,
+                "; ".join(what) or "same members",
+                ctx.size,
+                ctx.topology.name,
             )
         return agreement
 
@@ -279,7 +286,7 @@ class ElasticRuntime:
         rank, size = agreement.members.index(self.original_rank), len(agreement.members)
         form_group(self.store, agreement.epoch, rank, size, ctx.timeout)
         with self._lock:
-            ctx.rebind(dist.group.WORLD, topo)
+            ctx.rebind(groups.world(), topo)
 
     def _donate(self, agreement: Agreement) -> None:
         """Send every joiner whose donor this rank is the model, optimizer and algorithm state."""
@@ -289,7 +296,7 @@ class ElasticRuntime:
             if transfer.donor_of(ctx.topology, rank, survivors) == ctx.rank:
                 if self._rt is None:
                     raise RuntimeError("a process joined before this rank wrapped its optimizer")
-                transfer.send_state(self._rt, rank, ctx.group)
+                transfer.send_state(self._rt, rank, ctx.door)
 
     def close(self) -> None:
         """Leave the job: stop the watcher thread, record that this rank finished (idempotent)."""
@@ -312,7 +319,7 @@ def join_job(
     process group is the new epoch's. Blocks until the members admit this process.
     """
     my_id = int(os.environ[ID_ENV])
-    print(f"saddle_torch.elastic: process {my_id} asks to join the job", file=sys.stderr, flush=True)
+    log.info("saddle_torch.elastic: process %d asks to join the job", my_id)
     admitted = wait_for_admission(store, my_id, timeout)
     n = len(admitted.members)
     published = None

@@ -14,13 +14,12 @@ import io
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 
-from saddle_torch.errors import peer_failures
+from saddle_torch.comm import Door
 from saddle_torch.topology import Topology
 
 if TYPE_CHECKING:
-    from saddle_torch.optim.wrapper import SaddleRuntime
+    from saddle_torch.optim import SaddleRuntime
 
 TAG = 0x1ADD1E  # below the gossip engine's tags (0x20000000 and up)
 
@@ -41,7 +40,7 @@ def state_of(rt: SaddleRuntime) -> dict[str, Any]:
             phases.update(p.state_dict(rt))
     model = rt.model
     return {
-        "algorithm": rt.config.algorithm.name,
+        "algorithm": rt.algorithm,
         "params": {k.name(): x.detach().to("cpu", copy=True) for k, x in rt.flat.buffers.items()},
         "buffers": {} if model is None else {n: b.detach().cpu() for n, b in model.named_buffers()},
         "optimizer": rt.base.state_dict(rt.optimizer),
@@ -55,10 +54,9 @@ def load_state(rt: SaddleRuntime, state: dict[str, Any], steps: int) -> None:
     Raises:
         ValueError: the donor runs another algorithm or holds another model.
     """
-    if state["algorithm"] != rt.config.algorithm.name:
+    if state["algorithm"] != rt.algorithm:
         raise ValueError(
-            f"the running job uses algorithm {state['algorithm']!r}, this process "
-            f"{rt.config.algorithm.name!r}"
+            f"the running job uses algorithm {state['algorithm']!r}, this process {rt.algorithm!r}"
         )
     params = state["params"]
     with torch.no_grad():
@@ -81,23 +79,21 @@ def load_state(rt: SaddleRuntime, state: dict[str, Any], steps: int) -> None:
     rt.step = steps
 
 
-def send_state(rt: SaddleRuntime, dst: int, group: dist.ProcessGroup) -> None:
-    """Send :func:`state_of` to rank ``dst`` of ``group`` (which calls :func:`recv_state`)."""
+def send_state(rt: SaddleRuntime, dst: int, door: Door) -> None:
+    """Send :func:`state_of` to rank ``dst`` of ``door``'s group (which calls :func:`recv_state`)."""
     buf = io.BytesIO()
     torch.save(state_of(rt), buf)
     data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
-    with peer_failures(f"sending the model and optimizer state to joining rank {dst}", dist.get_rank(group)):
-        dist.send(torch.tensor([data.numel()], dtype=torch.int64), dst, group=group, tag=TAG)
-        dist.send(data, dst, group=group, tag=TAG)
+    what = f"sending the model and optimizer state to joining rank {dst}"
+    door.send(torch.tensor([data.numel()], dtype=torch.int64), dst, tag=TAG, what=what)
+    door.send(data, dst, tag=TAG, what=what)
 
 
-def recv_state(src: int, group: dist.ProcessGroup) -> dict[str, Any]:
-    """Receive what rank ``src`` of ``group`` sends with :func:`send_state`."""
-    size = torch.zeros(1, dtype=torch.int64)
-    with peer_failures(f"receiving the model and optimizer state from rank {src}", dist.get_rank(group)):
-        dist.recv(size, src, group=group, tag=TAG)
-        data = torch.empty(int(size), dtype=torch.uint8)
-        dist.recv(data, src, group=group, tag=TAG)
+def recv_state(src: int, door: Door) -> dict[str, Any]:
+    """Receive what rank ``src`` of ``door``'s group sends with :func:`send_state`."""
+    what = f"receiving the model and optimizer state from rank {src}"
+    size = door.recv(torch.zeros(1, dtype=torch.int64), src, tag=TAG, what=what)
+    data = door.recv(torch.empty(int(size), dtype=torch.uint8), src, tag=TAG, what=what)
     return torch.load(io.BytesIO(data.numpy().tobytes()), weights_only=True)
 
 

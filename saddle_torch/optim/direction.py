@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from typing_extensions import override
 
-from saddle_torch.optim.step import Phase, StepRun
-
-if TYPE_CHECKING:
-    from saddle_torch.optim.wrapper import SaddleRuntime
+from saddle_torch.optim.phases import Phase, SaddleRuntime, StepRun
 
 
 class LocalStep(Phase):

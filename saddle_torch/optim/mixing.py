@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-import torch.distributed as dist
 from typing_extensions import override
 
 from saddle_torch.compression import Compression
-from saddle_torch.optim.step import Closure, Phase, StepRun
-
-if TYPE_CHECKING:
-    from saddle_torch.optim.wrapper import SaddleRuntime
+from saddle_torch.optim.phases import Closure, Phase, SaddleRuntime, StepRun
 
 
 class Gossip(Phase):
@@ -20,30 +14,46 @@ class Gossip(Phase):
 
     ``awc`` (adapt-while-combine) posts the pre-step model at ``begin`` and mixes it into the updated
     model at ``commit``: x ← x½ + γ Σ_j w_ij (x_j − x_i) (the snapshot form), hiding the round behind
-    the passes. ``atc`` (adapt-then-combine) gossips the updated model at ``commit``.
+    the passes. ``atc`` (adapt-then-combine) gossips the updated model at ``commit``. Options:
+    ``order``, ``gamma``, ``compression`` (CHOCO error feedback, state in the context).
+
+    Args:
+        rt: the optimizer's runtime.
+        keep_received: keep the neighbours' models of each round (NGM computes cross-gradients on them).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rt: SaddleRuntime, keep_received: bool = False) -> None:
+        self.keep_received = keep_received
         self._posted = False  # this step's round was posted (or an attempt was made)
+
+    @override
+    def prime(self, rt: SaddleRuntime) -> None:
+        comp = rt.options.compression
+        for key, x in rt.flat.buffers.items():
+            rt.ctx.register(rt.name(key), x, comp)
+            # CHOCO starts at the common model (ATC needs it before the first round); a time-varying
+            # topology's phases start at their first round instead, as after set_topology.
+            if not comp.is_none and rt.ctx.choco.period == 1:
+                rt.ctx.choco.prime(rt.name(key), x, rt.ctx.door)
 
     def _start(self, rt: SaddleRuntime, run: StepRun, snapshot: bool) -> None:
         self._posted = True
-        cfg = rt.config
+        opts = rt.options
         for key, x in rt.flat.buffers.items():
             run.handles[key] = rt.ctx.start(
                 x,
                 rt.name(key),
-                cfg.gamma,
+                gamma=opts.gamma,
+                compression=opts.compression,
                 inplace=True,
                 snapshot=snapshot,
-                compression=cfg.compression or Compression.none,  # None: exact, not the context default
-                keep_received=cfg.algorithm.cross,  # NGM computes cross-gradients on the received models
+                keep_received=self.keep_received,
             )
 
     @override
     def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
         self._posted = False
-        if rt.config.order == "awc":
+        if rt.options.order == "awc":
             self._start(rt, run, snapshot=True)
 
     @override
@@ -68,8 +78,13 @@ class Gossip(Phase):
 class ExactAverage(Phase):
     """``allreduce``: the gradient becomes the exact average over all ranks (what DDP computes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rt: SaddleRuntime) -> None:
         self._reduced = False
+
+    @override
+    def prime(self, rt: SaddleRuntime) -> None:
+        for key, x in rt.flat.buffers.items():  # the same shapes on every rank before any all-reduce
+            rt.ctx.register(rt.name(key), x, Compression.none)  # type: ignore[attr-defined]
 
     @override
     def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
@@ -80,7 +95,7 @@ class ExactAverage(Phase):
         for g in rt.flat.grad_buffers.values():
             if zero:  # a failed rank adds nothing to the others' average this step
                 g.zero_()
-            dist.all_reduce(g, group=rt.ctx.group)
+            rt.ctx.door.all_reduce(g, what="the exact gradient average (algorithm='allreduce')")
             g.div_(rt.ctx.size)
 
     @override

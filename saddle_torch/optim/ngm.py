@@ -13,19 +13,17 @@ compressed with error feedback per link (``ngm_compressed.py``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from typing_extensions import override
 
 from saddle_torch import _ops
 from saddle_torch.flat import BufferKey
+from saddle_torch.optim.mixing import Gossip
+from saddle_torch.optim.ngm_compressed import LinkCodec, NeighbourChoco, check_compression
+from saddle_torch.optim.phases import Closure, Phase, SaddleRuntime, StepOptions, StepRun, evaluate
 from saddle_torch.optim.sam import Sam, frozen_batchnorm
-from saddle_torch.optim.step import Closure, Phase, StepRun, evaluate
-
-if TYPE_CHECKING:
-    from saddle_torch.optim.ngm_compressed import LinkCodec, NeighbourChoco
-    from saddle_torch.optim.wrapper import SaddleRuntime
 
 
 def exchange_models(rt: SaddleRuntime, run: StepRun) -> None:
@@ -54,14 +52,44 @@ def received_models(rt: SaddleRuntime, run: StepRun) -> dict[BufferKey, list[tor
     return run.models
 
 
-class CrossGradients(Phase):
-    """The NGM gradient: cross-gradients on the neighbours' models, one exchange, the weighted mean."""
+class NeighbourModels(Phase):
+    """The model slot of ``ngm``/``n-saddle``: gossip that keeps each in-neighbour's model.
 
+    Exact: :class:`~saddle_torch.optim.mixing.Gossip` keeping the received models. Compressed:
+    :class:`~saddle_torch.optim.ngm_compressed.NeighbourChoco` (a public copy of each neighbour's model).
+    """
+
+    @classmethod
+    @override
+    def check(cls, options: StepOptions, optimizer: torch.optim.Optimizer) -> None:
+        if not options.compression.is_none:
+            check_compression(
+                options.compression, [p.dtype for g in optimizer.param_groups for p in g["params"]]
+            )
+
+    @classmethod
+    @override
+    def build(cls, rt: SaddleRuntime) -> Phase:
+        if rt.options.compression.is_none:
+            return Gossip(rt, keep_received=True)
+        return NeighbourChoco(rt)
+
+
+class CrossGradients(Phase):
+    """The NGM gradient: cross-gradients on the neighbours' models, one exchange, the weighted mean.
+
+    With SAM in the algorithm and ``cross_sam`` (default), each cross term is sharpness-aware too.
+    With compression the models are the neighbours' public copies (``NeighbourChoco``) and the
+    cross-gradients travel compressed with error feedback per link (``LinkCodec``).
+    """
+
+    needs_closure = True
+    split_step = False
     topology_bound = True  # compressed: the per-link error feedback of the cross-gradients
 
-    def __init__(self, sam: Sam | None, compressed: tuple[NeighbourChoco, LinkCodec] | None = None) -> None:
-        self.sam = sam  # set when the cross terms are sharpness-aware (N-SADDLe with cross_sam)
-        self.compressed = compressed  # the compressed model round and cross-gradient codec
+    def __init__(self, rt: SaddleRuntime) -> None:
+        comp = rt.options.compression
+        self.link = None if comp.is_none else LinkCodec(comp)  # the compressed cross-gradient round
         self._exchanged = False
         # The cross-gradients received in the last step, {neighbour: {buffer: g_ij}} (for inspection).
         self.received: dict[int, dict[BufferKey, torch.Tensor]] = {}
@@ -69,7 +97,7 @@ class CrossGradients(Phase):
     @override
     def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
         self._exchanged = False
-        if rt.config.order == "atc" and self.compressed is None:
+        if rt.options.order == "atc" and self.link is None:
             exchange_models(rt, run)
 
     def _exchange(
@@ -80,8 +108,8 @@ class CrossGradients(Phase):
         ``sends=None``: this step failed; NaN goes out instead (the receivers leave this rank out).
         """
         self._exchanged = True
-        if self.compressed is not None:
-            return self.compressed[1].exchange(rt, run, sends)
+        if self.link is not None:
+            return self.link.exchange(rt, run, sends)
         topo, rank = rt.ctx.topology, rt.ctx.rank
         outs = topo.out_neighbors(rank, run.model_step)
         ins = topo.in_neighbors(rank, run.model_step)
@@ -102,7 +130,9 @@ class CrossGradients(Phase):
     def gradient(self, rt: SaddleRuntime, run: StepRun, closure: Closure | None) -> None:
         assert closure is not None  # the wrapper refuses cross-gradients without a closure
         ins = rt.ctx.topology.in_neighbors(rt.ctx.rank, run.model_step)
-        models = received_models(rt, run) if self.compressed is None else self.compressed[0].models(rt, run)
+        choco = rt.phase(NeighbourChoco)
+        models = received_models(rt, run) if choco is None else choco.models(rt, run)
+        sam = rt.phase(Sam) if rt.options.cross_sam else None
         g_self = {k: g.detach().clone() for k, g in rt.flat.grad_buffers.items()}
         cross: dict[int, dict[BufferKey, torch.Tensor]] = {}
         with frozen_batchnorm(rt.bn_layers):
@@ -111,8 +141,8 @@ class CrossGradients(Phase):
                     for key, x in rt.flat.buffers.items():
                         x.copy_(models[key][idx])
                 evaluate(rt, closure)
-                if self.sam is not None:
-                    self.sam.gradient(rt, run, closure)
+                if sam is not None:
+                    sam.gradient(rt, run, closure)
                 cross[j] = {k: g.detach().to("cpu", copy=True) for k, g in rt.flat.grad_buffers.items()}
         with torch.no_grad():
             for key, x in rt.flat.buffers.items():
@@ -122,12 +152,12 @@ class CrossGradients(Phase):
 
     @override
     def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:
-        return self.compressed[1].state_dict() if self.compressed is not None else {}
+        return self.link.state_dict() if self.link is not None else {}
 
     @override
     def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
-        if self.compressed is not None:
-            self.compressed[1].load_state_dict(rt, state)
+        if self.link is not None:
+            self.link.load_state_dict(rt, state)
 
     def _combine(self, rt: SaddleRuntime, run: StepRun, g_self: dict[BufferKey, torch.Tensor]) -> None:
         topo, rank = rt.ctx.topology, rt.ctx.rank
@@ -153,9 +183,10 @@ class CrossGradients(Phase):
     def abort(self, rt: SaddleRuntime, run: StepRun) -> None:
         if self._exchanged:
             return
-        if self.compressed is not None:
-            self.compressed[0].models(rt, run)  # complete the model round first, as a healthy step does
+        choco = rt.phase(NeighbourChoco)
+        if choco is not None:
+            choco.models(rt, run)  # complete the model round first, as a healthy step does
         self._exchange(rt, run, None)
 
 
-__all__ = ["CrossGradients", "exchange_models", "received_models"]
+__all__ = ["CrossGradients", "NeighbourModels", "exchange_models", "received_models"]

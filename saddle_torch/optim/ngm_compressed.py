@@ -22,18 +22,17 @@ failed (its messages are then ignored, as the exact round's NaN sentinel is).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from typing_extensions import override
 
 from saddle_torch import _ops
-from saddle_torch.compression import Compression, ResidualMonitor
+from saddle_torch.comm import crc_of
+from saddle_torch.compression import Compression
 from saddle_torch.flat import BufferKey
-from saddle_torch.optim.step import Phase, StepRun
-
-if TYPE_CHECKING:
-    from saddle_torch.optim.wrapper import SaddleRuntime
+from saddle_torch.gossip import ResidualMonitor
+from saddle_torch.optim.phases import Phase, SaddleRuntime, StepRun
 
 _SEP = "|"  # checkpoint keys: "<buffer>|<phase>|<rank>" and "<buffer>|<neighbour>"
 
@@ -59,8 +58,8 @@ class NeighbourChoco(Phase):
 
     topology_bound = True  # x̂_j per in-neighbour
 
-    def __init__(self, rt: SaddleRuntime, comp: Compression) -> None:
-        self.comp = comp
+    def __init__(self, rt: SaddleRuntime) -> None:
+        self.comp = rt.options.compression
         # (buffer, phase) → {rank: x̂_rank} for this rank and the phase's in-neighbours (flat, CPU).
         self.hats: dict[tuple[BufferKey, int], dict[int, torch.Tensor]] = {}
         self._topology: object | None = None  # the topology the copies belong to (set_topology: afresh)
@@ -70,19 +69,30 @@ class NeighbourChoco(Phase):
         self._monitors: dict[BufferKey, ResidualMonitor] = {}
 
     # -- state --------------------------------------------------------------------------------------
+    @override
     def prime(self, rt: SaddleRuntime) -> None:
-        """Create the public copies for the current topology (collective).
+        self.start_copies(rt)
+
+    def start_copies(self, rt: SaddleRuntime) -> None:
+        """Register the names and create the public copies for the current topology (collective).
 
         Every copy starts at the model when every rank holds the same one (CRC-checked), else at 0,
-        so that x̂_j is the same on every rank that holds a copy of it.
+        so that x̂_j is the same on every rank that holds a copy of it. Runs at construction, and at
+        the first round on a new graph (``set_topology``, an elastic membership change).
         """
         ctx, topo = rt.ctx, rt.ctx.topology
         self.hats = {}
         self._topology = topo
-        self._gamma = ctx.resolve_gamma(rt.config.gamma, self.comp)  # "auto": tuned for this topology
+        for key, x in rt.flat.buffers.items():
+            ctx.register(rt.name(key), x, self.comp)  # set-up handshake; resolves "auto" γ for the codec
+        self._gamma = ctx.gamma(rt.options.gamma, self.comp)
         for key, x in rt.flat.buffers.items():
             flat = x.detach().to("cpu", torch.float32, copy=True).reshape(-1)
-            start = flat if ctx.same_on_every_rank(flat, rt.name(key)) else torch.zeros_like(flat)
+            same = ctx.door.same_everywhere(
+                [crc_of([flat]), flat.numel()],
+                what=f"checking that every rank starts {rt.name(key)!r} from the same tensor",
+            )
+            start = flat if same else torch.zeros_like(flat)
             for phase in range(topo.period):
                 holders = [ctx.rank, *topo.in_neighbors(ctx.rank, phase)]
                 self.hats[(key, phase)] = {r: start.clone() for r in holders}
@@ -90,7 +100,7 @@ class NeighbourChoco(Phase):
     def _copies(self, rt: SaddleRuntime, key: BufferKey, step: int) -> dict[int, torch.Tensor]:
         topo = rt.ctx.topology
         if self._topology is not topo:  # set_topology since the last round (collective, as it is)
-            self.prime(rt)
+            self.start_copies(rt)
         return self.hats[(key, step % topo.period)]
 
     def models(self, rt: SaddleRuntime, run: StepRun) -> dict[BufferKey, list[torch.Tensor]]:
@@ -138,7 +148,7 @@ class NeighbourChoco(Phase):
         ctx, rank, step = rt.ctx, rt.ctx.rank, run.model_step
         self._copies(rt, next(iter(rt.flat.buffers)), step)  # re-primed (and γ re-tuned) after set_topology
         gamma = self._gamma
-        assert gamma is not None  # set by prime()
+        assert gamma is not None  # set by start_copies()
         weights = ctx.topology.weights(rank, step)
         ins = ctx.topology.in_neighbors(rank, step)
         for key, x in rt.flat.buffers.items():
@@ -158,7 +168,7 @@ class NeighbourChoco(Phase):
     @override
     def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
         self._posted = False
-        if rt.config.order == "awc":
+        if rt.options.order == "awc":
             self._post(rt, run)
 
     @override
@@ -190,7 +200,7 @@ class NeighbourChoco(Phase):
     def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
         saved = state["neighbour_choco"]
         if self._topology is not rt.ctx.topology:
-            self.prime(rt)
+            self.start_copies(rt)
         mine = {
             _SEP.join((key.name(), str(phase), str(r))): t
             for (key, phase), copies in self.hats.items()

@@ -28,16 +28,13 @@ keep working.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from typing_extensions import override
 
 from saddle_torch import _ops
-from saddle_torch.optim.step import Phase, StepRun
-
-if TYPE_CHECKING:
-    from saddle_torch.optim.wrapper import SaddleRuntime
+from saddle_torch.optim.phases import Phase, SaddleRuntime, StepOptions, StepRun
 
 ALTERNATIVES = (
     "wrap torch.optim.SGD(momentum=0), Adam or AdamW, or keep this optimizer with an algorithm whose "
@@ -45,7 +42,40 @@ ALTERNATIVES = (
 )
 
 
-class QgmSgd(Phase):
+FEEDS = ("normalized", "scaled")
+
+
+class QuasiGlobalMomentum(Phase):
+    """The direction slot of ``qgm``/``q-saddle``: QGM-SGD for ``SGD``, QG-Adam for ``Adam``/``AdamW``.
+
+    Options: ``beta`` and ``qgm_mu`` in [0, 1) (QGM-SGD), ``nesterov``, ``qg_adam`` (QG-Adam's feed).
+    """
+
+    @classmethod
+    @override
+    def check(cls, options: StepOptions, optimizer: torch.optim.Optimizer) -> None:
+        if not 0 <= options.beta < 1 or not 0 <= options.mu < 1:
+            raise ValueError(
+                f"need 0 ≤ beta < 1 and 0 ≤ qgm_mu < 1; got beta={options.beta}, qgm_mu={options.mu}"
+            )
+        if options.qg_adam not in FEEDS:
+            raise ValueError(f"qg_adam must be 'normalized' or 'scaled', got {options.qg_adam!r}")
+        check_optimizer(optimizer, options.beta, options.algorithm)
+
+    @classmethod
+    @override
+    def build(cls, rt: SaddleRuntime) -> Phase:
+        kind = rt.base
+        if kind is torch.optim.SGD:
+            return QgmSgd(rt)
+        decoupled = [
+            kind is torch.optim.AdamW or bool(g.get("decoupled_weight_decay", False))
+            for g in rt.optimizer.param_groups
+        ]
+        return QgAdam(rt, decoupled, rt.options.qg_adam)
+
+
+class QgmSgd(QuasiGlobalMomentum):
     """QGM-SGD: the direction is computed here and handed to the wrapped SGD as its gradient."""
 
     def __init__(self, rt: SaddleRuntime) -> None:
@@ -53,10 +83,10 @@ class QgmSgd(Phase):
 
     @override
     def direction(self, rt: SaddleRuntime, run: StepRun) -> None:
-        cfg, opt = rt.config, rt.optimizer
+        opts, opt = rt.options, rt.optimizer
         for key, g in rt.flat.grad_buffers.items():
             wd = opt.param_groups[key.group].get("weight_decay", 0.0)
-            _ops.qgm_direction(g, self.m_hat[key], rt.flat.buffers[key], cfg.beta, wd, cfg.nesterov)
+            _ops.qgm_direction(g, self.m_hat[key], rt.flat.buffers[key], opts.beta, wd, opts.nesterov)
         # λx is already in the direction: the wrapped optimizer must not add it again.
         saved = [group.get("weight_decay") for group in opt.param_groups]
         for group in opt.param_groups:
@@ -74,7 +104,7 @@ class QgmSgd(Phase):
         for key, x in rt.flat.buffers.items():
             lr = float(rt.optimizer.param_groups[key.group]["lr"])
             if lr > 0:
-                _ops.qgm_buffer_update(self.m_hat[key], rt.x_prev[key], x, rt.config.mu, lr)
+                _ops.qgm_buffer_update(self.m_hat[key], rt.x_prev[key], x, rt.options.mu, lr)
 
     @override
     def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:
@@ -85,14 +115,10 @@ class QgmSgd(Phase):
         _load_buffers(self.m_hat, state["m_hat"], "QGM buffer")
 
 
-class QgAdam(Phase):
+class QgAdam(QuasiGlobalMomentum):
     """QG-Adam: Adam's step from moments that follow the model's displacement (module docstring)."""
 
-    FEEDS = ("normalized", "scaled")
-
     def __init__(self, rt: SaddleRuntime, decoupled: list[bool], feed: str = "normalized") -> None:
-        if feed not in self.FEEDS:
-            raise ValueError(f"qg_adam must be one of {self.FEEDS}, got {feed!r}")
         self.decoupled = decoupled  # per param group
         self.feed = feed
         self.m1 = {key: torch.zeros_like(x) for key, x in rt.flat.buffers.items()}
@@ -151,7 +177,7 @@ def _load_buffers(mine: dict, saved: dict[str, torch.Tensor], what: str) -> None
         mine[key].copy_(t)
 
 
-def check_optimizer(algorithm: str, beta: float, optimizer: torch.optim.Optimizer) -> None:
+def check_optimizer(optimizer: torch.optim.Optimizer, beta: float, algorithm: str) -> None:
     """Refuse an optimizer that has no quasi-global-momentum form, naming the alternatives.
 
     Raises:
@@ -179,19 +205,4 @@ def check_optimizer(algorithm: str, beta: float, optimizer: torch.optim.Optimize
             )
 
 
-def qgm_direction(rt: SaddleRuntime, optimizer: torch.optim.Optimizer, qg_adam: str = "normalized") -> Phase:
-    """The QGM direction phase for the wrapped ``optimizer`` (checked by :func:`check_optimizer`).
-
-    ``qg_adam`` chooses how QG-Adam feeds its moments (module docstring); ignored for SGD.
-    """
-    kind = rt.base
-    if kind is torch.optim.SGD:
-        return QgmSgd(rt)
-    decoupled = [
-        kind is torch.optim.AdamW or bool(g.get("decoupled_weight_decay", False))
-        for g in optimizer.param_groups
-    ]
-    return QgAdam(rt, decoupled, qg_adam)
-
-
-__all__ = ["ALTERNATIVES", "QgAdam", "QgmSgd", "check_optimizer", "qgm_direction"]
+__all__ = ["ALTERNATIVES", "FEEDS", "QgAdam", "QgmSgd", "QuasiGlobalMomentum", "check_optimizer"]

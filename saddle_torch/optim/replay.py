@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from saddle_torch.optim.step import Closure
+Closure = Callable[[], Any]  # zero the gradients, compute the loss, call backward(), return the loss
 
 
 def _add(total: Any, loss: Any) -> Any:
@@ -95,4 +95,4 @@ class MicroBatches:
         return closure
 
 
-__all__ = ["MicroBatches"]
+__all__ = ["Closure", "MicroBatches"]

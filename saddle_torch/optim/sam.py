@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,10 +12,7 @@ from typing_extensions import override
 
 from saddle_torch import _ops
 from saddle_torch.flat import BufferKey, FlatParameters
-from saddle_torch.optim.step import Closure, Phase, StepRun, evaluate
-
-if TYPE_CHECKING:
-    from saddle_torch.optim.wrapper import SaddleRuntime
+from saddle_torch.optim.phases import Closure, Phase, SaddleRuntime, StepOptions, StepRun, evaluate
 
 
 def perturbation_scale(flat: FlatParameters, rho: float, adaptive: bool) -> float:
@@ -84,19 +80,40 @@ class Sam(Phase):
     """Replace the gradient by ∇F(x + e) on the same batch; x is unchanged afterwards.
 
     ``e`` stays allocated between steps (one buffer per flat buffer). With ``first_step()`` /
-    ``second_step()`` the wrapper calls :meth:`perturb` and :meth:`restore` itself.
+    ``second_step()`` the wrapper calls :meth:`perturb` and :meth:`restore` itself. Options: ``rho``
+    (≥ 0), ``adaptive`` (ASAM).
     """
+
+    needs_closure = True
+
+    @classmethod
+    @override
+    def check(cls, options: StepOptions, optimizer: torch.optim.Optimizer) -> None:
+        if not options.rho >= 0:
+            raise ValueError(f"rho must be ≥ 0, got {options.rho}")
 
     def __init__(self, rt: SaddleRuntime) -> None:
         self.e = {key: torch.zeros_like(x) for key, x in rt.flat.buffers.items()}
 
     def perturb(self, rt: SaddleRuntime) -> None:
         """X ← x + e (after the first backward)."""
-        perturb(rt.flat, self.e, rt.config.rho, rt.config.adaptive)
+        perturb(rt.flat, self.e, rt.options.rho, rt.options.adaptive)
 
     def restore(self, rt: SaddleRuntime) -> None:
         """X ← x − e (after the second backward)."""
         restore(rt.flat, self.e)
+
+    @override
+    def first_half(self, rt: SaddleRuntime) -> None:
+        self.perturb(rt)
+        rt.bn = BatchNormSnapshot(rt.bn_frozen)  # the caller's second pass must not move the statistics
+
+    @override
+    def second_half(self, rt: SaddleRuntime) -> None:
+        if rt.bn is not None:
+            rt.bn.restore()
+            rt.bn = None
+        self.restore(rt)
 
     @override
     def gradient(self, rt: SaddleRuntime, run: StepRun, closure: Closure | None) -> None:

@@ -5,76 +5,18 @@
     direction  the update of x: the wrapped optimizer, QGM-SGD or QG-Adam
     commit     complete the gossip round (ATC: post it now), update the QGM buffers
 
-Each algorithm is a list of :class:`Phase` objects (``algorithms.py`` says which); the sequencer
-below only calls them in order. If anything raises, :func:`abort` puts x back to its value at
-``begin`` (bit for bit), lets every phase complete or post the rounds its neighbours expect from this
+Each algorithm is a list of phases (its row in ``algorithms.py``; the protocol is in ``phases.py``);
+the sequencer below only calls them in order. If anything raises, :func:`abort` puts x back to its
+value at ``begin`` (bit for bit), lets every phase complete or post the rounds its neighbours expect from this
 step (so that no neighbour hangs and the round tags stay aligned), and the exception propagates
 unchanged (a failure during the clean-up is attached to it as a note). docs/errors.md has the contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
 import torch
 
-from saddle_torch.flat import BufferKey
-
-if TYPE_CHECKING:
-    from saddle_torch.context import GossipHandle
-    from saddle_torch.optim.wrapper import SaddleRuntime
-
-Closure = Callable[[], Any]
-
-
-@dataclass
-class StepRun:
-    """What one step in progress shares between its phases."""
-
-    model_step: int  # topology step of this step's model round
-    handles: dict[BufferKey, GossipHandle] = field(default_factory=dict)  # AWC rounds in flight
-    models: dict[BufferKey, list[torch.Tensor]] = field(default_factory=dict)  # neighbours' models (NGM)
-    phase: str = "begin"
-
-
-class Phase:
-    """A piece of an algorithm; every hook is optional. ``rt`` is the optimizer's runtime."""
-
-    # Whether the state belongs to the topology (per-link copies, errors): it starts afresh after a
-    # change of graph, and a process joining an elastic job does not take it from its donor.
-    topology_bound = False
-
-    def begin(self, rt: SaddleRuntime, run: StepRun) -> None:
-        """Start of the step (x is the pre-step model)."""
-
-    def gradient(self, rt: SaddleRuntime, run: StepRun, closure: Closure | None) -> None:
-        """After the first pass: refine the gradient in the grad buffers."""
-
-    def direction(self, rt: SaddleRuntime, run: StepRun) -> None:
-        """Update x from the gradient (exactly one phase of an algorithm does this)."""
-
-    def commit(self, rt: SaddleRuntime, run: StepRun) -> None:
-        """After the direction: complete communication and update the algorithm's buffers."""
-
-    def abort(self, rt: SaddleRuntime, run: StepRun) -> None:
-        """The step failed: complete or post this phase's rounds of the step; x is restored after."""
-
-    def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:
-        """Buffers to checkpoint."""
-        return {}
-
-    def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-
-
-def evaluate(rt: SaddleRuntime, closure: Closure) -> Any:
-    """One pass of the closure with gradients enabled; gradients land in the flat grad buffers."""
-    with torch.enable_grad():
-        loss = closure()
-    rt.flat.attach_grads()
-    return loss
+from saddle_torch.optim.phases import Closure, SaddleRuntime, StepRun
 
 
 def begin(rt: SaddleRuntime) -> StepRun:
@@ -153,4 +95,4 @@ def abort(rt: SaddleRuntime, exc: BaseException | None) -> None:
         raise problems[0]
 
 
-__all__ = ["Closure", "Phase", "StepRun", "abort", "begin", "evaluate", "finish", "gradient", "restore_x"]
+__all__ = ["abort", "begin", "finish", "gradient", "restore_x"]

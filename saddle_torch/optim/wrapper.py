@@ -3,103 +3,28 @@
 The wrapper is a dynamic subclass of the user's optimizer class (as Horovod and BlueFog do), sharing
 the original object's state and ``param_groups``: ``isinstance`` checks and LR schedulers keep working.
 Communication is started explicitly inside ``step()``, never from autograd hooks (SAM runs two passes
-per step). The step itself is a sequence of phases (``step.py``); each algorithm is a list of them
-(``algorithms.py``, ``sam.py``, ``qgm.py``, ``ngm.py``, ``mixing.py``).
+per step). The wrapper never asks what an algorithm is: it validates the options (each phase its
+own), builds the algorithm's phases from its row in ``algorithms.py`` and sequences them
+(``step.py``); the elastic retry loop is the only thing it adds around a step.
 """
 
 from __future__ import annotations
 
-import warnings
 import weakref
-import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from saddle_torch import context
-from saddle_torch.compression import Compression
-from saddle_torch.compression import resolve as resolve_compression
-from saddle_torch.context import GossipContext
-from saddle_torch.errors import DifferentStartWarning, PeerError, peer_failures
-from saddle_torch.flat import BufferKey, FlatParameters
+from saddle_torch.compression import Compression, resolve
+from saddle_torch.errors import PeerError
+from saddle_torch.flat import FlatParameters
+from saddle_torch.gossip import GossipContext, current
+from saddle_torch.optim import build, state
 from saddle_torch.optim import step as seq
-from saddle_torch.optim.algorithms import ALGORITHMS, Algorithm
-from saddle_torch.optim.direction import LocalStep
-from saddle_torch.optim.mixing import ExactAverage, Gossip
-from saddle_torch.optim.ngm import CrossGradients
-from saddle_torch.optim.ngm_compressed import LinkCodec, NeighbourChoco, check_compression
-from saddle_torch.optim.qgm import check_optimizer, qgm_direction
-from saddle_torch.optim.replay import MicroBatches
-from saddle_torch.optim.sam import BatchNormSnapshot, Sam, batchnorm_layers
-from saddle_torch.optim.step import Closure, Phase, StepRun
-
-
-@dataclass
-class SaddleConfig:
-    """The options of one wrapped optimizer (see :func:`DistributedOptimizer`)."""
-
-    algorithm: Algorithm
-    rho: float
-    adaptive: bool
-    gamma: float | str
-    order: str
-    beta: float
-    nesterov: bool
-    mu: float
-    cross_sam: bool
-    bn_second_pass: bool
-    compression: Compression | None = None
-    qg_adam: str = "normalized"
-
-
-@dataclass
-class SaddleRuntime:
-    """Everything the wrapper keeps besides the wrapped optimizer's own state."""
-
-    config: SaddleConfig
-    ctx: GossipContext
-    model: nn.Module | None
-    flat: FlatParameters
-    base: type
-    optimizer: Any = None  # the wrapped optimizer object (the dynamic subclass instance)
-    prefix: str = ""  # distinguishes the gossip names of several optimizers in one job
-    step: int = 0  # completed steps
-    x_prev: dict[BufferKey, torch.Tensor] = field(default_factory=dict)  # x at the start of the step
-    phases: list[Phase] = field(default_factory=list)
-    sam: Sam | None = None
-    cross: CrossGradients | None = None
-    bn_layers: list[nn.Module] = field(default_factory=list)  # every BatchNorm with running stats
-    bn_frozen: list[nn.Module] = field(default_factory=list)  # those SAM's second pass must not update
-    bn: BatchNormSnapshot | None = None  # taken by first_step(), restored by second_step()
-    run: StepRun | None = None  # the step in progress
-    source: Any = None  # weakref to the optimizer that was wrapped (LR schedulers may hold it)
-    # Frameworks that call step() without a closure (the Hugging Face Trainer) record each
-    # micro-batch here; step() then evaluates the loss again through them (saddle_torch.hf).
-    replay: MicroBatches | None = None
-
-    def mark_stepped(self) -> None:
-        """Tell LR schedulers a step happened (they check ``_opt_called`` on the object they hold)."""
-        self.optimizer._opt_called = True
-        src = self.source() if self.source is not None else None
-        if src is not None:
-            src._opt_called = True
-
-    def name(self, key: BufferKey) -> str:
-        """Gossip name of one flat buffer, the same on every rank."""
-        return self.prefix + key.name()
-
-    @property
-    def direction(self) -> Phase:
-        """The phase that updates x: ``LocalStep``, ``QgmSgd`` (``.m_hat``), ``QgAdam`` (``.m1``/``.m2``)."""
-        return self.phases[-1]
-
-    @property
-    def cross_received(self) -> dict[int, dict[BufferKey, torch.Tensor]]:
-        """NGM: the cross-gradients received in the last step, ``{neighbour: {buffer: g_ij}}``."""
-        return self.cross.received if self.cross is not None else {}
+from saddle_torch.optim.algorithms import ALGORITHMS
+from saddle_torch.optim.phases import Closure, SaddleRuntime, StepOptions, evaluate
+from saddle_torch.optim.sam import batchnorm_layers
 
 
 class _DistributedOptimizer:
@@ -131,19 +56,18 @@ class _DistributedOptimizer:
             values and the next ``step()`` works (docs/errors.md).
         """
         rt = self._saddle
-        alg = rt.config.algorithm
         if closure is None and rt.replay is not None and len(rt.replay):
             closure = rt.replay.closure()
-        if closure is None and alg.needs_closure:
+        if closure is None and rt.needs_closure:
             raise ValueError(
-                f"algorithm {alg.name!r} evaluates the loss more than once per step: call "
+                f"algorithm {rt.algorithm!r} evaluates the loss more than once per step: call "
                 "opt.step(closure) with a closure that calls opt.zero_grad(), computes the loss, calls "
                 "loss.backward() and returns the loss"
                 + (
-                    ""
-                    if alg.cross
-                    else ", or call opt.first_step() after the first backward and opt.second_step() "
-                    "after the second"
+                    ", or call opt.first_step() after the first backward and opt.second_step() after "
+                    "the second"
+                    if rt.split_step
+                    else ""
                 )
             )
         elastic = rt.ctx.elastic
@@ -172,18 +96,17 @@ class _DistributedOptimizer:
         put back (unless ``bn_second_pass=True``).
         """
         rt = self._saddle
-        alg = rt.config.algorithm
-        if rt.sam is None or alg.cross:
+        if not rt.split_step:
             raise ValueError(
                 f"first_step()/second_step() are for SAM algorithms without cross-gradients; "
-                f"{alg.name!r} needs " + ("step(closure)" if alg.cross else "step()")
+                f"{rt.algorithm!r} needs " + ("step(closure)" if rt.needs_closure else "step()")
             )
-        follow_model(rt)
+        build.follow_model(rt)
         rt.flat.attach_grads()
         seq.begin(rt)
         try:
-            rt.sam.perturb(rt)
-            rt.bn = BatchNormSnapshot(rt.bn_frozen)
+            for p in rt.phases:
+                p.first_half(rt)
         except BaseException as exc:
             seq.abort(rt, exc)
             raise
@@ -194,14 +117,12 @@ class _DistributedOptimizer:
         """Second half of a SAM step, after the second ``backward()``: restore ``x``, step, gossip."""
         rt = self._saddle
         run = rt.run
-        if run is None or rt.sam is None:
+        if run is None or not rt.split_step:
             raise RuntimeError("second_step() called without first_step()")
         try:
             rt.flat.attach_grads()
-            if rt.bn is not None:
-                rt.bn.restore()
-                rt.bn = None
-            rt.sam.restore(rt)
+            for p in rt.phases:
+                p.second_half(rt)
             seq.finish(rt, run)
         except BaseException as exc:
             seq.abort(rt, exc)
@@ -229,23 +150,7 @@ class _DistributedOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's state plus the algorithm's buffers, step counter and gossip state."""
         rt = self._saddle
-        sd = rt.base.state_dict(self)
-        phases: dict[str, Any] = {}
-        for p in rt.phases:
-            phases.update(p.state_dict(rt))
-        sd["saddle"] = {
-            "algorithm": rt.config.algorithm.name,
-            "step": rt.step,
-            "phases": phases,
-            "gossip_steps": {k.name(): rt.ctx.step_of(rt.name(k)) for k in rt.flat.buffers},
-            "choco": {  # copies: later rounds update the live state in place; one per phase
-                k.name() + key[len(rt.name(k)) :]: tuple(t.clone() for t in rt.ctx.choco.get(key))
-                for k in rt.flat.buffers
-                for key in rt.ctx.choco_keys(rt.name(k))
-                if rt.ctx.choco.has(key)
-            },
-        }
-        return sd
+        return state.with_runtime(rt, rt.base.state_dict(self))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned.
@@ -257,42 +162,18 @@ class _DistributedOptimizer:
         sd = dict(state_dict)
         extra = sd.pop("saddle", None)
         rt.base.load_state_dict(self, sd)
-        if extra is None:
-            return
-        if extra["algorithm"] != rt.config.algorithm.name:
-            raise ValueError(
-                f"checkpoint was written by algorithm {extra['algorithm']!r}, this optimizer runs "
-                f"{rt.config.algorithm.name!r}"
-            )
-        phases = extra.get("phases", {})
-        for p in rt.phases:
-            wanted = set(p.state_dict(rt))
-            if wanted:
-                missing = wanted - set(phases)
-                if missing:
-                    raise ValueError(f"checkpoint lacks {sorted(missing)} for {type(p).__name__}")
-                p.load_state_dict(rt, phases)
-        rt.step = int(extra["step"])
-        by_name = {k.name(): k for k in rt.flat.buffers}  # layout names, without the prefix
-        for name, step in extra["gossip_steps"].items():
-            if name not in by_name:
-                raise ValueError(f"checkpoint buffer {name} does not exist in this model")
-            rt.ctx.set_step(rt.name(by_name[name]), int(step))
-        for key, state in extra.get("choco", {}).items():
-            name, _, phase = key.partition("@")  # "buffer" or "buffer@phase<k>" (time-varying topology)
-            if name not in by_name:
-                raise ValueError(f"checkpoint CHOCO state {name} does not exist in this model")
-            rt.ctx.choco.set(rt.name(by_name[name]) + (f"@{phase}" if phase else ""), *state)
+        if extra is not None:
+            state.load_runtime(rt, extra)
 
 
 def _attempt(rt: SaddleRuntime, closure: Closure | None) -> Any:
     """One try of a step; on any exception x is restored and the rounds completed (``seq.abort``)."""
-    follow_model(rt)
+    build.follow_model(rt)
     if closure is None:
         rt.flat.attach_grads()
     run = seq.begin(rt)
     try:
-        loss = None if closure is None else seq.evaluate(rt, closure)
+        loss = None if closure is None else evaluate(rt, closure)
         seq.gradient(rt, run, closure)
         seq.finish(rt, run)
     except BaseException as exc:
@@ -312,30 +193,10 @@ def _skip_step(rt: SaddleRuntime, closure: Closure | None) -> Any:
     that every survivor's next gossip round is the same step. The closure runs once, for the loss.
     """
     rt.ctx.elastic.behind -= 1
-    loss = None if closure is None else seq.evaluate(rt, closure)
+    loss = None if closure is None else evaluate(rt, closure)
     rt.step += 1
     rt.mark_stepped()
     return loss
-
-
-def _phases(rt: SaddleRuntime, optimizer: torch.optim.Optimizer) -> list[Phase]:
-    """The algorithm as phases, in the order the sequencer calls them."""
-    alg, cfg = rt.config.algorithm, rt.config
-    phases: list[Phase] = []
-    if alg.sam:
-        rt.sam = Sam(rt)
-        phases.append(rt.sam)
-    models: Phase = Gossip() if alg.gossip else ExactAverage()
-    if alg.cross:
-        compressed = None
-        if cfg.compression is not None:  # CHOCO with per-neighbour copies, cross-gradients with EF
-            models = NeighbourChoco(rt, cfg.compression)
-            compressed = (models, LinkCodec(cfg.compression))
-        rt.cross = CrossGradients(rt.sam if cfg.cross_sam else None, compressed)
-        phases.append(rt.cross)
-    phases.append(models)
-    phases.append(qgm_direction(rt, optimizer, rt.config.qg_adam) if alg.qgm else LocalStep())
-    return phases
 
 
 # --- construction ----------------------------------------------------------------------------------
@@ -385,8 +246,9 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         qgm_mu: QGM buffer averaging μ (default: ``beta``).
         cross_sam: N-SADDLe cross-gradients use SAM too.
         bn_second_pass: let the extra passes update BatchNorm running statistics.
-        compression: compress the parameter gossip with CHOCO error feedback (``None``: the default
-            given to :func:`saddle_torch.init`), e.g. ``"int8"`` or ``"topk:0.12"``. ``ngm`` and
+        compression: compress the parameter gossip with CHOCO error feedback, e.g. ``"int8"`` or
+            ``"topk:0.12"``; ``"none"`` is exact gossip and ``None`` (default), as everywhere in
+            saddle_torch, means the default given to :func:`saddle_torch.init`. ``ngm`` and
             ``n-saddle`` then keep a public copy of every neighbour's model, compute cross-gradients
             there and compress them too, with error feedback per link (float32 models only).
         qg_adam: how QG-Adam (``qgm``/``q-saddle`` wrapping Adam or AdamW) feeds its moments:
@@ -396,6 +258,8 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
             invariant to the loss scale). See :mod:`saddle_torch.optim.qgm`.
         ctx: gossip context (default: the one :func:`saddle_torch.init` created).
 
+    Options an algorithm does not use are ignored (``rho`` under ``dsgd``, ``beta`` under ``sam-dsgd``).
+
     Returns:
         The same optimizer object's state, in an instance of a subclass of its class.
 
@@ -404,46 +268,32 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
             optimizer with no QGM form under ``qgm``/``q-saddle`` (the message names the
             alternatives); ``MismatchError`` if ranks hold different models.
     """
-    if isinstance(optimizer, _DistributedOptimizer) or getattr(
-        optimizer.__dict__.get("step"), "_saddle_wrapped", False
-    ):
+    if is_wrapped(optimizer):
         raise ValueError("this optimizer is already wrapped by DistributedOptimizer")
-    if algorithm not in ALGORITHMS:
+    recipe = ALGORITHMS.get(algorithm)
+    if recipe is None:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    if order not in ("atc", "awc"):
-        raise ValueError(f"order must be 'atc' or 'awc', got {order!r}")
-    if gamma != "auto" and (isinstance(gamma, str) or not 0 < gamma <= 1):
-        raise ValueError(f"gamma must be 'auto' or in (0, 1], got {gamma!r}")
-    if qg_adam not in ("normalized", "scaled"):
-        raise ValueError(f"qg_adam must be 'normalized' or 'scaled', got {qg_adam!r}")
-    if rho < 0 or not 0 <= beta < 1:
-        raise ValueError(f"need rho ≥ 0 and 0 ≤ beta < 1; got rho={rho}, beta={beta}")
-    alg = ALGORITHMS[algorithm]
-    if alg.qgm:
-        check_optimizer(algorithm, beta, optimizer)
-    ctx = ctx or context.current()
-    if ctx.elastic is not None and ctx._prefixes.get("opt", 0):
+    ctx = ctx or current()
+    options = StepOptions(
+        algorithm=algorithm,
+        rho=rho,
+        adaptive=adaptive,
+        gamma=gamma,
+        order=order,
+        beta=beta,
+        nesterov=nesterov,
+        mu=beta if qgm_mu is None else qgm_mu,
+        cross_sam=cross_sam,
+        bn_second_pass=bn_second_pass,
+        compression=resolve(compression, default=ctx.compression),
+        qg_adam=qg_adam,
+    )
+    recipe.check(options, optimizer)
+    if ctx.elastic is not None and ctx.names.prefixes("opt"):
         raise ValueError(
             "elastic training supports one DistributedOptimizer per job (every survivor must line up "
             "its steps after a membership change); wrap one optimizer over all parameter groups"
         )
-    comp = ctx.compression if compression is None else resolve_compression(compression)
-    if alg.cross and comp is not None:
-        check_compression(comp, [p.dtype for g in optimizer.param_groups for p in g["params"]])
-    cfg = SaddleConfig(
-        alg,
-        rho,
-        adaptive,
-        gamma,
-        order,
-        beta,
-        nesterov,
-        beta if qgm_mu is None else qgm_mu,
-        cross_sam,
-        bn_second_pass,
-        comp,
-        qg_adam,
-    )
     base = type(optimizer)
     cls = type(base.__name__, (_DistributedOptimizer, base), {"__module__": base.__module__})
     opt = cls.__new__(cls)
@@ -453,7 +303,9 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     state.pop("step", None)
     opt.__dict__.update(state)
     flat = FlatParameters(opt.param_groups)
-    rt = SaddleRuntime(cfg, ctx, model, flat, base, optimizer=opt, prefix=ctx.new_prefix("opt"))
+    rt = SaddleRuntime(
+        options, ctx, model, flat, base, recipe=recipe.phases, optimizer=opt, prefix=ctx.new_prefix("opt")
+    )
     rt.bn_layers = batchnorm_layers(model)
     rt.bn_frozen = [] if bn_second_pass else rt.bn_layers
     # A process joining a running elastic job does none of the construction handshakes: the members
@@ -461,9 +313,9 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     # job already changed membership before this (a rank died during broadcast_parameters): some
     # survivors may already be past their handshakes, and the first step does them on every rank.
     if ctx.elastic is not None and (ctx.elastic.joining is not None or ctx.elastic.history):
-        _build(rt, opt, flat, collective=False)
+        build.phases(rt, flat, collective=False)
     else:
-        _handshake(rt, opt, flat, gamma)
+        build.handshake(rt, flat)
     rt.source = weakref.ref(optimizer)
     _redirect_step(optimizer, opt)
     opt._saddle = rt
@@ -472,107 +324,28 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     return opt
 
 
-def _handshake(
-    rt: SaddleRuntime, opt: torch.optim.Optimizer, flat: FlatParameters, gamma: float | str
-) -> None:
-    """The construction's collectives: registration, CHOCO's start, the same-start check, γ.
-
-    Under ``init(elastic=True)`` a rank dying or stalling during them is survived as in a step: the
-    survivors agree on the new membership and form a new group (``recover`` at step 0), and every
-    one of them then sets up without collectives (a rank may have finished these handshakes and
-    met the failure in its first step instead); names register, CHOCO starts and γ is tuned at the
-    first round, on every survivor alike.
-    """
-    ctx, comp = rt.ctx, rt.config.compression
-    try:
-        _build(rt, opt, flat)
-        _warn_if_ranks_differ(ctx, flat)
-        if comp is not None and gamma == "auto":
-            ctx.resolve_gamma(gamma, comp)  # collective on first use: tune now, not inside the first step
-    except PeerError as exc:
-        if ctx.elastic is None:
-            raise
-        ctx.elastic.recover(exc, 0)  # FencedError if the others went on without this rank
-        _build(rt, opt, flat, collective=False)
+def is_wrapped(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a :func:`DistributedOptimizer` (or the original object it wrapped)."""
+    return isinstance(optimizer, _DistributedOptimizer) or getattr(
+        getattr(optimizer, "__dict__", {}).get("step"), "_saddle_wrapped", False
+    )
 
 
-def _build(
-    rt: SaddleRuntime, opt: torch.optim.Optimizer, flat: FlatParameters, collective: bool = True
-) -> None:
-    """Set up everything that lives on the flat buffers: x_prev, the phases, the gossip names.
+def runtime_of(optimizer: Any) -> SaddleRuntime:
+    """The runtime of a :func:`DistributedOptimizer`, also inside a wrapper that keeps it as ``.optimizer``.
 
-    Collective: registers every buffer (same layout and codec on every rank) and, with compression,
-    starts CHOCO at the common initial model (ATC needs it before the first step). Without
-    ``collective`` (a process joining an elastic job) names register and CHOCO starts at the first
-    round, as on the members after their membership change.
-    """
-    rt.flat = flat
-    rt.x_prev = {key: torch.zeros_like(x) for key, x in flat.buffers.items()}
-    rt.sam = rt.cross = None
-    rt.phases = _phases(rt, opt)
-    comp = rt.config.compression
-    if not collective:
-        return
-    for key, x in flat.buffers.items():
-        rt.ctx.register(rt.name(key), x, comp)
-        if comp is not None and not rt.config.algorithm.cross:
-            rt.ctx.prime_choco(rt.name(key), x)
-    for p in rt.phases:
-        if isinstance(p, NeighbourChoco):
-            p.prime(rt)
-
-
-def follow_model(rt: SaddleRuntime) -> None:
-    """Make the flat buffers hold the parameters again after the model was moved (at a step's start).
-
-    A move to the same device and dtype (Hugging Face ``Trainer``/accelerate's ``model.to(device)``
-    copies every parameter) is followed transparently: values are copied back into the buffers,
-    which keeps all optimizer and gossip state. A move to another device or dtype before the first
-    step rebuilds the buffers and the algorithm's state (collective: every rank must have moved
-    its model the same way, which frameworks do).
+    Such wrappers are accelerate's ``AcceleratedOptimizer`` and Lightning's ``LightningOptimizer``.
 
     Raises:
-        RuntimeError: the parameters changed device, dtype or shape after steps were taken (their
-            momentum and gossip state live on the old buffers); move the model before training.
+        TypeError: no DistributedOptimizer inside ``optimizer``.
     """
-    flat = rt.flat
-    if not flat.moved() and not flat.layout_changed():
-        return
-    if not flat.layout_changed():
-        flat.repoint()
-        return
-    if rt.step > 0 or rt.run is not None:
-        raise RuntimeError(
-            f"the model's parameters moved to another device or dtype after {rt.step} step(s) of "
-            "DistributedOptimizer; its momentum and gossip state live on the old buffers. Move the model "
-            "(model.to(...)) before the first step, or wrap the optimizer after moving it"
-        )
-    _build(rt, rt.optimizer, FlatParameters(rt.optimizer.param_groups))
-
-
-def _warn_if_ranks_differ(ctx: GossipContext, flat: FlatParameters) -> None:
-    """Warn on every rank when the ranks start from different models (collective: one all-gather).
-
-    Decentralized training averages models that started together; different initial weights (a
-    forgotten ``broadcast_parameters``) train, but the first rounds spend themselves pulling unrelated
-    models together.
-    """
-    crc = 0
-    for x in flat.buffers.values():
-        crc = zlib.crc32(x.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy(), crc)
-    mine = torch.tensor([crc], dtype=torch.int64)
-    every = [torch.empty_like(mine) for _ in range(ctx.size)]
-    with peer_failures("checking that every rank starts from the same model", ctx.rank):
-        dist.all_gather(every, mine, group=ctx.group)
-    differ = [r for r, t in enumerate(every) if not torch.equal(t, every[0])]
-    if differ:
-        warnings.warn(
-            f"DistributedOptimizer: the model of rank(s) {differ} differs from rank 0's. Call "
-            "saddle_torch.broadcast_parameters(model.state_dict(), root_rank=0) before wrapping the "
-            "optimizer so that every rank starts from the same weights",
-            DifferentStartWarning,
-            stacklevel=3,
-        )
+    seen = 0
+    while not isinstance(optimizer, _DistributedOptimizer):
+        optimizer = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        seen += 1
+        if optimizer is None or seen > 8:
+            raise TypeError("not a saddle_torch.DistributedOptimizer (nor a wrapper around one)")
+    return optimizer.saddle
 
 
 def _redirect_step(original: torch.optim.Optimizer, wrapped: _DistributedOptimizer) -> None:

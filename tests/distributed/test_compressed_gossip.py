@@ -49,7 +49,7 @@ def _mixed_codecs(rank: int, world: int) -> str:
     ctx = st.init(topology="ring", timeout=timedelta(seconds=30))
     # The handshake now refuses differing codecs up front (test_mistakes.py); skip it here to reach
     # the wire, whose own validation must still catch a message of another codec.
-    ctx.register = lambda *args, **kwargs: None
+    ctx.names.register = lambda *args, **kwargs: True  # "registered": γ still resolves
     comp = Compression.bf16 if rank == 2 else Compression.fp16  # same size, another codec on the wire
     try:
         st.neighbor_average(torch.randn(500), name="x", compression=comp)
@@ -104,7 +104,7 @@ def _identical_start(rank: int, world: int, comp: Compression) -> dict:
     x = x0.clone()
     for _ in range(5):
         st.neighbor_average(x, gamma=0.5, name="same", inplace=True, compression=comp)
-    x_hat = st.context.current().choco.get("same")[0]
+    x_hat = st.gossip.current().choco.get("same")[0]
     return {"x_unchanged": torch.equal(x, x0), "x_hat_is_x0": torch.equal(x_hat, x0)}
 
 
@@ -125,7 +125,7 @@ def _primed_by_optimizer(rank: int, world: int, same: bool) -> dict:
     opt = st.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1), model, algorithm="dsgd", order="atc", compression="int8"
     )
-    ctx = st.context.current()
+    ctx = st.gossip.current()
     (key, flat), *_ = opt.saddle.flat.buffers.items()
     name = opt.saddle.name(key)
     primed = ctx.choco.has(name) and torch.equal(ctx.choco.get(name)[0], flat)
@@ -178,9 +178,9 @@ def _choco_phase(
         st.save_checkpoint(path, model, opt)
         dist.barrier()
         os._exit(0)
-    ctx = st.context.current()
+    ctx = st.gossip.current()
     name = opt.saddle.name(next(iter(opt.saddle.flat.buffers)))
-    states = [t for key in ctx.choco_keys(name) for t in ctx.choco.get(key)]  # one (x̂, s) per phase
+    states = [t for key in ctx.choco.keys(name) for t in ctx.choco.get(key)]  # one (x̂, s) per phase
     return [p.detach().clone() for p in model.parameters()] + states
 
 
@@ -208,7 +208,7 @@ def test_choco_state_survives_checkpoint_kill_resume_bit_for_bit(tmp_path, topol
 
 def _switch_topology(rank: int, world: int) -> dict:
     st.init(topology="ring", timeout=timedelta(seconds=60))
-    ctx = st.context.current()
+    ctx = st.gossip.current()
     x = _x(rank)
     mean = torch.stack([_x(r) for r in range(world)]).mean(0)
     for _ in range(20):

@@ -15,6 +15,7 @@ from harness import run_ranks
 from torch import nn
 
 import saddle_torch as st
+from saddle_torch.optim.ngm_compressed import NeighbourChoco
 
 WORLD = 4
 
@@ -55,7 +56,7 @@ def _bytes_per_step(rank: int, comp: str) -> float:
 
 
 def _copies(opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
-    choco = opt.saddle.cross.compressed[0]
+    choco = opt.saddle.phase(NeighbourChoco)
     (copies,) = [c for (key, phase), c in choco.hats.items() if phase == 0]
     return {r: t.clone() for r, t in copies.items()}
 

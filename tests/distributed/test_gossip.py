@@ -167,7 +167,7 @@ def _peer_failure(rank: int, world: int, victim: int, how: str, timeout_s: float
         try:
             st.neighbor_average(x, name="x")
         except st.PeerError as e:
-            return {"elapsed": time.monotonic() - t0, "message": str(e)}
+            return {"elapsed": time.monotonic() - t0, "message": str(e), "peer": e.peer, "aborted": e.aborted}
     return {"elapsed": time.monotonic() - t0, "message": "no error"}
 
 
@@ -179,6 +179,7 @@ def test_dead_or_stalled_peer_raises_peer_error_within_timeout(how: str) -> None
     for rank in neighbours:
         r = results[rank]
         assert "neighbour 3" in r["message"], r
+        assert r["peer"] == victim and not r["aborted"], r  # the blamed rank, without reading the message
         assert r["elapsed"] < timeout_s + 3.0, r
     for rank, r in results.items():
         assert r["message"] != "no error", (rank, r)  # every survivor learns of the failure

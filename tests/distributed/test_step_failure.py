@@ -10,6 +10,7 @@ from harness import run_ranks
 from torch import nn
 
 import saddle_torch as st
+from saddle_torch.optim.ngm_compressed import NeighbourChoco
 
 FAILING = 1  # the rank whose closure raises
 
@@ -60,8 +61,9 @@ def _run(rank: int, world: int, alg: str, order: str, comp: str, fail_on_call: i
     out["finite"] = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     out["consensus"] = st.consensus_distance(model)
     out["steps"] = opt.saddle.step
-    if opt.saddle.cross is not None and opt.saddle.cross.compressed is not None:
-        (copies,) = opt.saddle.cross.compressed[0].hats.values()  # one buffer, a static ring
+    choco = opt.saddle.phase(NeighbourChoco)
+    if choco is not None:
+        (copies,) = choco.hats.values()  # one buffer, a static ring
         out["public_copies"] = {r: t.clone() for r, t in copies.items()}
     return out
 

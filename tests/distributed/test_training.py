@@ -12,6 +12,7 @@ from harness import run_ranks
 from torch import nn
 
 import saddle_torch as st
+from saddle_torch.optim.ngm import CrossGradients
 
 CLASSES, DIM = 4, 8
 
@@ -132,7 +133,7 @@ def _cross(rank: int, world: int, cross_sam: bool) -> dict:
         before.load_state_dict(model.state_dict())
         x, y = _data(rank, 16, step)
         opt.step(_closure(model, opt, x, y))
-        for j, grads in opt.saddle.cross_received.items():
+        for j, grads in opt.saddle.phase(CrossGradients).received.items():
             (got,) = grads.values()
             xj, yj = _data(j, 16, step)  # j's batch of this step
             expected = _grad_on(before, xj, yj, 0.05 if cross_sam else None)

@@ -11,7 +11,8 @@ from saddle_torch.compression import Compression, resolve, roundtrip, simulate_c
 
 def test_exact_message_sizes_and_ratios() -> None:
     n = 1 << 20
-    assert Compression.none.is_none and resolve(Compression.none) is None and resolve(None) is None
+    assert Compression.none.is_none and resolve(Compression.none).is_none and resolve(None).is_none
+    assert resolve(None, default=Compression.int8) == Compression.int8  # None: the context's default
     assert Compression.fp16.encoded_bytes(n) == 48 + 2 * n
     assert Compression.int8.encoded_bytes(n) == 48 + 4 * math.ceil(n / 256) + n
     assert Compression.qsgd(4).encoded_bytes(n) == 48 + 4 * math.ceil(n / 256) + n // 2
@@ -135,7 +136,7 @@ def _feed(monitor, residuals: list[float]) -> list[str]:
 
 
 def test_residual_monitor_warns_once_on_growth_and_on_no_contraction_only() -> None:
-    from saddle_torch.compression import ResidualMonitor
+    from saddle_torch.gossip import ResidualMonitor
 
     make = lambda: ResidualMonitor("x", 0.6, Compression.topk(0.12))  # noqa: E731
     grows = [0.05 * 1.25**k for k in range(30)]  # what topk at γ = 0.6 does in training

@@ -14,6 +14,7 @@ from saddle_torch import topology
 from saddle_torch.elastic.membership import parse_alive
 from saddle_torch.elastic.repair import repair
 from saddle_torch.elastic.runtime import suspects_of
+from saddle_torch.errors import PeerError
 
 
 def _edges(t: topology.Topology) -> set[tuple[int, int]]:
@@ -51,10 +52,13 @@ def test_parse_alive(raw: bytes | str, expected: dict[int, int]) -> None:
 
 def test_suspects_map_the_failed_neighbour_to_its_original_rank() -> None:
     members = [0, 1, 2, 4, 5]  # rank 3 left earlier: current rank 3 is original rank 4
-    exc = RuntimeError("rank 2: gossip recv with neighbour 3 failed (step 7, timeout 10 s): closed")
+    exc = PeerError("rank 2: gossip recv with neighbour 3 failed (step 7, timeout 10 s): closed", peer=3)
     assert suspects_of(exc, members) == [4]
-    aborted = RuntimeError("rank 2: gossip recv with neighbour 3 (step 7) aborted: membership change")
+    aborted = PeerError(
+        "rank 2: gossip recv with neighbour 3 (step 7) aborted: membership change", aborted=True
+    )
     assert suspects_of(aborted, members) == []
+    assert suspects_of(PeerError("broadcast_parameters failed"), members) == []  # a collective blames nobody
 
 
 def test_grow_rebuilds_a_named_family_and_joiners_can_do_the_same() -> None:

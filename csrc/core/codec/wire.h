@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "core/check.h"
+
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the wire format is little-endian and codecs copy native floats");
 
@@ -25,9 +27,9 @@ namespace saddle::codec {
 
 // A message that fails validation (truncated, altered, or meant for another codec or size). Raised
 // before any output is written; what() names what is wrong.
-class CorruptMessage : public std::runtime_error {
+class CorruptMessage : public ::saddle::Error {
  public:
-  using std::runtime_error::runtime_error;
+  using Error::Error;
 };
 
 constexpr size_t kHeaderBytes = 48;
