@@ -82,6 +82,7 @@ class Names:
 
     def __init__(self) -> None:
         self._registered: dict[str, list[int]] = {}
+        self._light: dict[str, tuple[torch.Size, torch.dtype, Compression]] = {}  # the fast re-check
         self._codecs: dict[str, Compression] = {}
         self._steps: dict[str, int] = {}
         self._prefixes: dict[str, int] = {}
@@ -99,6 +100,9 @@ class Names:
             MismatchError: ranks differ (raised on every rank, naming them), or ``name`` was
                 registered earlier with another tensor or codec.
         """
+        light = self._light.get(name)
+        if light is not None and light == (tensor.shape, tensor.dtype, codec):
+            return False  # every round after the first: no CRC, no codec repr
         if tensor.dtype not in DTYPES:
             raise ValueError(f"gossip averages float32/float64/float16/bfloat16 tensors, got {tensor.dtype}")
         sig = _signature(name, tensor, codec)
@@ -129,6 +133,7 @@ class Names:
                 "compression= on every rank"
             )
         self._registered[name] = sig
+        self._light[name] = (tensor.shape, tensor.dtype, codec)
         self._codecs[name] = codec
         return True
 
@@ -162,6 +167,7 @@ class Names:
     def forget(self) -> None:
         """Handshakes and round counters start afresh (a new group); prefixes stay."""
         self._registered.clear()
+        self._light.clear()
         self._codecs.clear()
         self._steps.clear()
 
