@@ -60,8 +60,9 @@ from step import ddp_sam_step  # noqa: E402 - the same DDP + SAM step as bench/s
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TIMEOUT = timedelta(seconds=1800)
 TOPOLOGIES = {"ring": "ring", "exp": "exponential", "ope": "one_peer_exponential"}
-# int8 and topk: ~4× fewer bytes than fp32 (3.94×, 4.00×); q4 = qsgd:4, 7.76×.
-CODECS = {"int8": "int8", "topk": "topk:0.125", "q4": "qsgd:4"}
+# int8 and topk: ~4× fewer bytes than fp32 (3.94×, 4.00×); q4 = qsgd:4, 7.76×; lr1/lr2: low-rank gossip
+# (PowerGossip) of rank 1 and 2, per edge and parameter matrix.
+CODECS = {"int8": "int8", "topk": "topk:0.125", "q4": "qsgd:4", "lr1": "lowrank:1", "lr2": "lowrank:2"}
 DDP_ROWS = {
     "ddp-sam": "DDP + SAM (Gloo all-reduce)",
     "ddp-sam-fp16": "DDP + SAM + fp16_compress_hook",
@@ -81,6 +82,10 @@ GOSSIP_ROWS = [
     "qs-awc-ring-topk",
     "qs-awc-ope-int8",
     "qs-awc-ope-q4",
+    "qs-awc-ring-lr1",
+    "qs-awc-ring-lr2",
+    "qs-awc-ope-lr1",
+    "qs-awc-ope-lr2",
 ]
 ALL_ROWS = [*DDP_ROWS, *GOSSIP_ROWS]
 TTA_ROWS = [
@@ -114,7 +119,7 @@ def _example(name: str) -> ModuleType:
 
 # --- rows -------------------------------------------------------------------------------------------
 def parse_row(key: str) -> tuple[str, str, str | None]:
-    """``qs-<awc|atc>-<ring|exp|ope>[-<int8|topk|q4>]`` as ``(order, topology, codec spec)``.
+    """``qs-<awc|atc>-<ring|exp|ope>[-<int8|topk|q4|lr1|lr2>]`` as ``(order, topology, codec spec)``.
 
     Raises:
         ValueError: not a q-saddle row key.

@@ -28,8 +28,11 @@ class Compression:
 
     Build with the class attributes/methods: ``Compression.none``, ``.fp16``, ``.bf16``, ``.int8``,
     ``Compression.qsgd(bits)``, ``Compression.topk(ratio)``, ``Compression.randk(ratio)``,
-    ``Compression.sign``. ``error_feedback=False`` gives naive compressed gossip
-    x ← x + γ Σ_j w_ij (C(x_j) − C(x_i)) — for comparison; it does not reach consensus.
+    ``Compression.sign``, ``Compression.lowrank(rank, iterations)``. ``error_feedback=False`` gives
+    naive compressed gossip x ← x + γ Σ_j w_ij (C(x_j) − C(x_i)) — for comparison; it does not reach
+    consensus. ``lowrank`` is not a codec of a message but low-rank gossip (PowerGossip,
+    :mod:`saddle_torch.gossip.lowrank`): each edge exchanges rank-``rank`` projections of the
+    difference of its two ends' models, ``iterations`` power-iteration half steps per round.
     """
 
     codec: str = "none"
@@ -37,8 +40,17 @@ class Compression:
     ratio: float = 0.01
     block_size: int = 256
     error_feedback: bool = True
+    rank: int = 1
+    iterations: int = 1
 
     def __post_init__(self) -> None:
+        if self.codec == "lowrank":
+            if not (isinstance(self.rank, int) and self.rank >= 1):
+                raise ValueError(f"lowrank needs rank ≥ 1, got {self.rank!r}")
+            if not (isinstance(self.iterations, int) and self.iterations >= 1):
+                raise ValueError(f"lowrank needs iterations ≥ 1, got {self.iterations!r}")
+            object.__setattr__(self, "_native", None)
+            return
         # Building the native codec validates the parameters (ValueError with the reason).
         object.__setattr__(
             self, "_native", _ops.make_codec(self.codec, self.bits, self.ratio, self.block_size)
@@ -46,17 +58,34 @@ class Compression:
 
     def __reduce__(self) -> tuple:
         # Pickled by its fields; the native codec is rebuilt on load.
-        return (Compression, (self.codec, self.bits, self.ratio, self.block_size, self.error_feedback))
+        fields = (self.codec, self.bits, self.ratio, self.block_size, self.error_feedback)
+        return (Compression, (*fields, self.rank, self.iterations))
 
     @property
     def native(self) -> object:
-        """The C++ codec."""
+        """The C++ codec.
+
+        Raises:
+            ValueError: low-rank gossip, which has no message codec.
+        """
+        if self._native is None:  # type: ignore[attr-defined]
+            raise ValueError("low-rank gossip has no message codec (its messages depend on each edge)")
         return self._native  # type: ignore[attr-defined]
 
     @property
     def is_none(self) -> bool:
         """No compression: exact gossip (no CHOCO state)."""
         return self.codec == "none"
+
+    @property
+    def is_lowrank(self) -> bool:
+        """Low-rank gossip (PowerGossip): per-edge projections, no CHOCO state, no codec."""
+        return self.codec == "lowrank"
+
+    @property
+    def uses_choco(self) -> bool:
+        """A message codec with CHOCO state (every compression but exact and low-rank)."""
+        return not (self.is_none or self.is_lowrank)
 
     def encoded_bytes(self, numel: int) -> int:
         """Exact bytes of one message for ``numel`` elements (header included)."""
@@ -85,7 +114,15 @@ class Compression:
         """Keep ⌈ratio·n⌉ entries chosen by a seed both sides share (no indices on the wire)."""
         return Compression("randk", ratio=ratio)
 
+    @staticmethod
+    def lowrank(rank: int = 1, iterations: int = 1) -> Compression:
+        """Low-rank gossip (PowerGossip, Vogels et al. 2020): rank-``rank`` projections per edge."""
+        return Compression("lowrank", rank=rank, iterations=iterations)
+
     def __repr__(self) -> str:
+        if self.is_lowrank:
+            more = "" if self.iterations == 1 else f", iterations={self.iterations}"
+            return f"Compression(lowrank:{self.rank}{more})"
         ef = "" if self.error_feedback else ", error_feedback=False"
         return f"Compression({self.native!r}{ef})"
 
@@ -120,8 +157,12 @@ def resolve(compression: Compression | str | None, *, default: Compression | Non
             if not arg:
                 raise ValueError(f"{name} needs a ratio, e.g. '{name}:0.1'")
             compression = getattr(Compression, name)(float(arg[0]))
+        elif name == "lowrank":  # lowrank[:rank[:iterations]]
+            compression = Compression.lowrank(*(int(a) for a in arg[:2]))
         else:
-            raise ValueError(f"unknown compression {compression!r}; e.g. int8, fp16, topk:0.1, qsgd:4, sign")
+            raise ValueError(
+                f"unknown compression {compression!r}; e.g. int8, fp16, topk:0.1, qsgd:4, sign, lowrank:1"
+            )
     if not isinstance(compression, Compression):
         raise ValueError(f"compression must be a saddle_torch.Compression, got {type(compression).__name__}")
     return compression
@@ -251,8 +292,8 @@ def tune_gamma(
         γ from ``grid``; the smallest grid value if every γ diverges.
     """
     comp = resolve(compression)
-    if comp.is_none or topology.size == 1:
-        return 1.0
+    if not comp.uses_choco or topology.size == 1:
+        return 1.0  # exact gossip; low-rank gossip takes exact gossip's γ (it has no codec noise)
     short: dict[float, float] = {}
     for gamma in grid:
         errs = [simulate_consensus(topology, comp, gamma, horizon, dim, seed) for seed in range(starts)]

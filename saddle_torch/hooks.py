@@ -23,6 +23,7 @@ SADDLe algorithms use :func:`saddle_torch.DistributedOptimizer`; see docs/port_d
 """
 
 # No `from __future__ import annotations`: DDP checks the hook's annotations at run time.
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,11 @@ class GossipHookState:
             raise ValueError(f"mix must be one of {', '.join(MIXES)}; got {self.mix!r}")
         if self.compression is not None:  # None stays "the context's default", resolved with the context
             self.compression = resolve(self.compression)
+            if self.compression.is_lowrank and self.mix != "params":
+                raise ValueError(
+                    "low-rank gossip averages models (a bucket's parameter matrices), not gradients: use "
+                    f"mix='params' with it, not mix={self.mix!r}"
+                )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -193,6 +199,8 @@ def _post(
         ctx.set_topology(_topology.resolve(state.topology, ctx.size))
         state._topology_set = True
     codec = state.codec(ctx)
+    if codec.is_lowrank and state.mix != "params":
+        raise ValueError(f"low-rank gossip needs GossipHookState(mix='params'), not mix={state.mix!r}")
     # DDP rebuilds its buckets after the first iteration: the size is part of the name.
     suffix = f"{bucket.index()}/{buffer.numel()}"
     # The engine's worker mixes each round as its messages arrive, writes the mixed parameters back
@@ -203,9 +211,19 @@ def _post(
         # Every gradient of this bucket is computed: its parameters are free to be overwritten.
         params = [p.detach() for p in bucket.parameters()]
         flat = torch.cat([p.reshape(-1) for p in params])
+        shapes = [p.shape for p in params]
         name = f"ddp/params{suffix}"
+        if codec.is_lowrank:  # a rebuilt bucket may order its matrices anew: fresh factors then
+            name += f"/{zlib.crc32(repr(shapes).encode())}"
         ctx.register(name, flat, codec)  # set-up handshake of a new name; resolves "auto" γ
         gamma = state.resolved_gamma(ctx)
+        if codec.is_lowrank:  # its rounds finish on this thread (Python math between the exchanges)
+            ctx.start(flat, name, gamma=gamma, compression=codec, inplace=True, shapes=shapes).wait()
+            with torch.no_grad():
+                for p, mixed in zip(params, flat.split([p.numel() for p in params]), strict=True):
+                    p.copy_(mixed.view_as(p))
+            future.set_result(buffer)  # the gradients stay local (mix="params")
+            return state._survive(future, buffer) if elastic else future
         ctx.start(
             flat, name, gamma=gamma, compression=codec, inplace=True, scatter=params, completion=completion
         )

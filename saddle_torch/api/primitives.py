@@ -58,6 +58,7 @@ def neighbor_average_async(
     name: str | None = None,
     inplace: bool = False,
     compression: Compression | str | None = None,
+    shapes: list[torch.Size] | None = None,
 ) -> GossipHandle:
     """Start one gossip round on ``tensor`` and return a handle whose ``wait()`` gives the result.
 
@@ -74,7 +75,10 @@ def neighbor_average_async(
             first round under a name checks that every rank has the same shape, dtype and codec.
         inplace: average in place instead of into a copy.
         compression: compress the round (CHOCO state is kept per ``name``); ``"none"`` is exact and
-            ``None`` (default) the codec given to :func:`init`.
+            ``None`` (default) the codec given to :func:`init`. ``"lowrank:r"`` is low-rank gossip
+            (PowerGossip: per edge, rank-r projections of the difference of each matrix).
+        shapes: low-rank gossip: ``tensor`` is these tensors one after the other (their matrices are
+            compressed, the rest averaged exactly); default: ``tensor``'s own shape.
 
     Raises:
         MismatchError: ranks registered different shapes, dtypes or codecs under this name.
@@ -89,6 +93,7 @@ def neighbor_average_async(
         gamma=check_gamma(gamma),
         compression=codec,
         inplace=inplace,
+        shapes=shapes,
     )
 
 
@@ -99,10 +104,11 @@ def neighbor_average(
     name: str | None = None,
     inplace: bool = False,
     compression: Compression | str | None = None,
+    shapes: list[torch.Size] | None = None,
 ) -> torch.Tensor:
     """One synchronous gossip round: returns ``Σ_j w_ij x_j`` (γ = 1); see :func:`neighbor_average_async`."""
     return neighbor_average_async(
-        tensor, gamma=gamma, name=name, inplace=inplace, compression=compression
+        tensor, gamma=gamma, name=name, inplace=inplace, compression=compression, shapes=shapes
     ).wait()
 
 

@@ -22,6 +22,7 @@ from saddle_torch.compression import Compression, resolve
 from saddle_torch.errors import MismatchError
 from saddle_torch.gossip import rounds
 from saddle_torch.gossip.choco import ChocoState
+from saddle_torch.gossip.lowrank import LowRankState
 from saddle_torch.gossip.registry import GammaTable, Names
 from saddle_torch.gossip.rounds import GossipHandle
 from saddle_torch.topology import Topology
@@ -94,6 +95,7 @@ class GossipContext:
         self.digest = self._agree_on(topology)
         self.topology = topology
         self.choco = ChocoState(topology.period)
+        self.lowrank: dict[str, LowRankState] = {}  # low-rank gossip's factors per name (per edge inside)
         self.engine = _ops.GossipEngine(gloo_backend(group), topology._native, self.timeout.total_seconds())
 
     def rebind(self, group: Any, topology: Topology) -> None:
@@ -112,8 +114,8 @@ class GossipContext:
 
         Compressed gossip starts afresh: CHOCO's s = Σ_j w_ij x̂_j belongs to the old W, so every
         name's (x̂, s) is dropped and re-created at its next round (from the common tensor when the
-        ranks hold one, else from 0), on every rank alike; ``gamma="auto"`` is resolved again for
-        every codec in use.
+        ranks hold one, else from 0), on every rank alike; so are low-rank gossip's factors (they
+        belong to edges); ``gamma="auto"`` is resolved again for every codec in use.
         """
         if topology.size != self.size:
             raise ValueError(
@@ -123,6 +125,7 @@ class GossipContext:
         self.engine.set_topology(topology._native)
         self.topology, self.digest = topology, digest
         self.choco.reset(topology.period)
+        self.lowrank.clear()  # factors belong to the old graph's edges
         for codec in self.names.codecs():
             self.gammas.resolve(codec, topology, digest, self.door)
 
@@ -184,6 +187,7 @@ class GossipContext:
         keep_received: bool = False,
         scatter: list[torch.Tensor] | None = None,
         completion: object | None = None,
+        shapes: list[torch.Size] | None = None,
     ) -> GossipHandle:
         """Register ``name`` (first time, collective), then post one round of it.
 
@@ -198,6 +202,8 @@ class GossipContext:
             scatter: CPU tensors the engine's worker copies the result into (with ``completion``).
             completion: an ``_ops.Completion``: the engine's worker finishes the round and counts it
                 there; the returned handle must then not be waited.
+            shapes: low-rank gossip: the shapes of the tensors ``tensor`` is the concatenation of
+                (its matrices are compressed; default: ``tensor``'s own shape).
         """
         self.register(name, tensor, compression)
         return rounds.start(
@@ -211,6 +217,7 @@ class GossipContext:
             keep_received=keep_received,
             scatter=scatter,
             completion=completion,
+            shapes=shapes,
         )
 
     def stats(self) -> dict[str, float]:

@@ -51,7 +51,7 @@ class GammaTable:
         :func:`saddle_torch.compression.tune_gamma` is deterministic, but one rank computes it so that
         every rank uses the same value whatever its CPU.
         """
-        if codec.is_none:
+        if not codec.uses_choco:
             return 1.0
         key = (digest, repr(codec))
         value = self._values.get(key)
@@ -69,7 +69,7 @@ class GammaTable:
         """
         if gamma != "auto":
             return float(gamma)
-        if codec.is_none:
+        if not codec.uses_choco:
             return 1.0
         value = self._values.get((digest, repr(codec)))
         if value is None:

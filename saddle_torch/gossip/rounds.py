@@ -16,7 +16,9 @@ from saddle_torch import _ops
 from saddle_torch.comm import Door
 from saddle_torch.compression import Compression
 from saddle_torch.gossip.choco import ChocoState, ResidualMonitor
+from saddle_torch.gossip.lowrank import LowRankRound, LowRankState, state_for
 from saddle_torch.gossip.registry import Names
+from saddle_torch.topology import Topology
 
 
 class RoundParts(Protocol):
@@ -25,7 +27,10 @@ class RoundParts(Protocol):
     engine: Any
     names: Names
     choco: ChocoState
+    lowrank: dict[str, LowRankState]
     door: Door
+    rank: int
+    topology: Topology
 
 
 @dataclass
@@ -47,6 +52,10 @@ class GossipHandle:
             PeerError: a neighbour died or stalled past the timeout.
             CorruptMessageError: a compressed message failed validation.
         """
+        if not self._done and isinstance(self.round, LowRankRound):
+            delta = self.round.wait()  # the tensor may have moved since start (AWC): add the delta
+            self.result.add_(delta.view(self.result.shape).to(self.result.device, self.result.dtype))
+            self._done = True
         if not self._done:
             self.engine.finish(self.round)
             if self.monitor is not None:
@@ -76,13 +85,17 @@ def start(
     keep_received: bool = False,
     scatter: list[torch.Tensor] | None = None,
     completion: object | None = None,
+    shapes: list[torch.Size] | None = None,
 ) -> GossipHandle:
     """Post one round of ``name`` (registered) with step γ ``gamma`` (resolved) and its codec.
 
     ``snapshot``: the caller may change the tensor before ``wait()`` (AWC); the round mixes the
     tensor as it was at ``start``, and ``wait()`` adds the mixing delta. ``scatter``/``completion``:
-    the engine's worker finishes the round itself (see :meth:`GossipContext.start`).
+    the engine's worker finishes the round itself (see :meth:`GossipContext.start`). ``shapes``:
+    low-rank gossip's matrices, the shapes of the tensors the flat ``tensor`` is made of.
     """
+    if compression.is_lowrank:
+        return _start_lowrank(ctx, tensor, name, gamma, compression, inplace, shapes, completion)
     on_worker = completion is not None
     if on_worker and not (inplace and tensor.device.type == "cpu" and tensor.is_contiguous()):
         raise ValueError("a round finished by the engine must gossip a contiguous CPU tensor in place")
@@ -120,6 +133,36 @@ def start(
         )
     ctx.names.set_step(name, step + 1)
     return GossipHandle(ctx.engine, native, result, staged, keep, monitor, _done=on_worker)
+
+
+def _start_lowrank(
+    ctx: RoundParts,
+    tensor: torch.Tensor,
+    name: str,
+    gamma: float,
+    compression: Compression,
+    inplace: bool,
+    shapes: list[torch.Size] | None,
+    completion: object | None,
+) -> GossipHandle:
+    if completion is not None:
+        raise ValueError("low-rank gossip is finished by its caller, not by the engine's worker")
+    if not tensor.is_floating_point():
+        raise ValueError(f"low-rank gossip averages floating-point tensors, got {tensor.dtype} for {name!r}")
+    shapes = shapes if shapes is not None else [tensor.shape]
+    state = state_for(ctx.lowrank, name, shapes, compression.rank, _ops.name_hash(name))
+    if state.layout.numel != tensor.numel():
+        raise ValueError(
+            f"shapes of {state.layout.numel} elements for a tensor of {tensor.numel()} ({name!r})"
+        )
+    step = ctx.names.step_of(name)
+    result = tensor if inplace else tensor.clone()
+    staged = result.detach().to("cpu")
+    gossip = LowRankRound(
+        ctx.engine, state, ctx.topology, ctx.rank, step, staged, gamma, compression.iterations
+    )
+    ctx.names.set_step(name, step + 1)
+    return GossipHandle(ctx.engine, gossip, result, staged)
 
 
 __all__ = ["GossipHandle", "RoundParts", "start"]

@@ -15,7 +15,8 @@ class Gossip(Phase):
     ``awc`` (adapt-while-combine) posts the pre-step model at ``begin`` and mixes it into the updated
     model at ``commit``: x ← x½ + γ Σ_j w_ij (x_j − x_i) (the snapshot form), hiding the round behind
     the passes. ``atc`` (adapt-then-combine) gossips the updated model at ``commit``. Options:
-    ``order``, ``gamma``, ``compression`` (CHOCO error feedback, state in the context).
+    ``order``, ``gamma``, ``compression`` (CHOCO error feedback, or low-rank gossip of each parameter
+    matrix; the state lives in the context).
 
     Args:
         rt: the optimizer's runtime.
@@ -33,7 +34,7 @@ class Gossip(Phase):
             rt.ctx.register(rt.name(key), x, comp)
             # CHOCO starts at the common model (ATC needs it before the first round); a time-varying
             # topology's phases start at their first round instead, as after set_topology.
-            if not comp.is_none and rt.ctx.choco.period == 1:
+            if comp.uses_choco and rt.ctx.choco.period == 1:
                 rt.ctx.choco.prime(rt.name(key), x, rt.ctx.door)
 
     def _start(self, rt: SaddleRuntime, run: StepRun, snapshot: bool) -> None:
@@ -48,6 +49,7 @@ class Gossip(Phase):
                 inplace=True,
                 snapshot=snapshot,
                 keep_received=self.keep_received,
+                shapes=[p.shape for p in rt.flat.groups[key]],  # low-rank gossip's matrices
             )
 
     @override

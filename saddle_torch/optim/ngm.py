@@ -62,10 +62,15 @@ class NeighbourModels(Phase):
     @classmethod
     @override
     def check(cls, options: StepOptions, optimizer: torch.optim.Optimizer) -> None:
-        if not options.compression.is_none:
-            check_compression(
-                options.compression, [p.dtype for g in optimizer.param_groups for p in g["params"]]
+        comp = options.compression
+        if comp.is_lowrank:
+            raise ValueError(
+                f"{options.algorithm!r} computes cross-gradients at each neighbour's model, which low-rank "
+                "gossip never sends (it exchanges projections of model differences); use a codec such as "
+                "'int8' or 'fp16' with it, or low-rank gossip with 'q-saddle', 'qgm', 'dsgd' or 'sam-dsgd'"
             )
+        if not comp.is_none:
+            check_compression(comp, [p.dtype for g in optimizer.param_groups for p in g["params"]])
 
     @classmethod
     @override

@@ -1,9 +1,11 @@
-"""What a wrapped optimizer adds to a checkpoint: phases' buffers, step counter, gossip counters, CHOCO."""
+"""What a wrapped optimizer adds to a checkpoint: buffers, counters, CHOCO state, low-rank factors."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from saddle_torch import _ops
+from saddle_torch.gossip.lowrank import state_for
 from saddle_torch.optim.phases import SaddleRuntime
 
 
@@ -23,6 +25,11 @@ def with_runtime(rt: SaddleRuntime, sd: dict[str, Any]) -> dict[str, Any]:
             for k in rt.flat.buffers
             for key in choco.keys(rt.name(k))
             if choco.has(key)
+        },
+        "lowrank": {  # low-rank gossip's factors per edge (copies)
+            k.name(): rt.ctx.lowrank[rt.name(k)].state_dict()
+            for k in rt.flat.buffers
+            if rt.name(k) in rt.ctx.lowrank
         },
     }
     return sd
@@ -58,6 +65,16 @@ def load_runtime(rt: SaddleRuntime, extra: dict[str, Any]) -> None:
         if name not in by_name:
             raise ValueError(f"checkpoint CHOCO state {name} does not exist in this model")
         rt.ctx.choco.set(rt.name(by_name[name]) + (f"@{phase}" if phase else ""), *state)
+    comp = rt.options.compression
+    for name, factors in extra.get("lowrank", {}).items():
+        key = by_name.get(name)
+        if key is None or not comp.is_lowrank:
+            raise ValueError(f"checkpoint low-rank factors of {name} do not fit this optimizer")
+        gossip_name = rt.name(key)
+        shapes = [p.shape for p in rt.flat.groups[key]]
+        state_for(
+            rt.ctx.lowrank, gossip_name, shapes, comp.rank, _ops.name_hash(gossip_name)
+        ).load_state_dict(factors)
 
 
 __all__ = ["load_runtime", "with_runtime"]

@@ -146,3 +146,24 @@ def test_residual_monitor_warns_once_on_growth_and_on_no_contraction_only() -> N
     healthy = [0.04, 0.045, 0.05, 0.047, 0.03, 0.02, 0.016, 0.011, 0.007, 0.004, 0.0026, 0.0013] * 3
     assert _feed(make(), healthy) == []
     assert _feed(make(), [1e-7 * 1.3**k for k in range(30)]) == []  # growth of a negligible residual
+
+
+def test_lowrank_spec_parses_validates_and_is_refused_where_it_cannot_work() -> None:
+    assert resolve("lowrank") == Compression.lowrank(1) and resolve("lowrank:2:3") == Compression.lowrank(
+        2, 3
+    )
+    assert repr(Compression.lowrank(2, 3)) == "Compression(lowrank:2, iterations=3)"
+    assert Compression.lowrank(1).is_lowrank and not Compression.lowrank(1).uses_choco
+    assert tune_gamma(st.topology.ring(8), "lowrank:1") == 1.0  # no codec noise: exact gossip's γ
+    with pytest.raises(ValueError, match="rank ≥ 1"):
+        Compression.lowrank(0)
+    with pytest.raises(ValueError, match="no message codec"):
+        Compression.lowrank(1).encoded_bytes(10)
+    st.init()
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="cross-gradients at each neighbour's model"):
+        st.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), model, algorithm="n-saddle", compression="lowrank:1"
+        )
+    with pytest.raises(ValueError, match="mix='params'"):
+        st.hooks.GossipHookState(compression="lowrank:1")
