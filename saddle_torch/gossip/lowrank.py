@@ -109,17 +109,20 @@ class LowRankState:
     seed: int
     edges: dict[tuple[int, int], EdgeFactors] = field(default_factory=dict)
 
-    def factors(self, lo: int, hi: int, dtype: torch.dtype) -> EdgeFactors:
-        """The factors of edge (lo, hi), created from a seed of the pair on first use."""
+    def factors(self, lo: int, hi: int, like: torch.Tensor) -> EdgeFactors:
+        """The factors of edge (lo, hi), dtype and device of ``like``, seeded by the pair at first use."""
         found = self.edges.get((lo, hi))
         if found is None:
             g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{lo}:{hi}".encode()))
             ps = [
-                torch.randn(rows, self.rank, generator=g, dtype=torch.float64).to(dtype)
+                torch.randn(rows, self.rank, generator=g, dtype=torch.float64).to(like.device, like.dtype)
                 for _, rows, _ in self.layout.matrices
             ]
-            qs = [torch.zeros(cols, self.rank, dtype=dtype) for _, _, cols in self.layout.matrices]
+            qs = [like.new_zeros(cols, self.rank) for _, _, cols in self.layout.matrices]
             found = self.edges[(lo, hi)] = EdgeFactors(ps, qs)
+        elif found.p and found.p[0].device != like.device:  # loaded from a checkpoint on the CPU
+            found.p = [t.to(like.device) for t in found.p]
+            found.q = [t.to(like.device) for t in found.q]
         return found
 
     def state_dict(self) -> dict[str, Any]:
@@ -169,72 +172,92 @@ def state_for(
 
 
 class HalfStep:
-    """One posted half step of one rank: its messages out, the neighbours' in, and what to do with them."""
+    """One posted half step of one rank on all its edges: its messages out, the neighbours' in.
+
+    The messages are made of the tensor as it is when the half step is posted (AWC: the pre-step
+    model); :meth:`apply` adds ±γŵD to the tensor as it is then (the snapshot form). Each matrix is read
+    once for all edges of a parity (one matmul with their factors side by side) and updated once
+    (one ``addmm`` with inner dimension r × edges): no model-sized temporary.
+    """
 
     def __init__(
         self, state: LowRankState, me: int, x: torch.Tensor, partners: list[tuple[int, float]]
     ) -> None:
         self.state, self.me, self.partners = state, me, partners
-        self.x = x.detach().reshape(-1)  # the values the messages are made of (a snapshot when AWC)
         layout, r = state.layout, state.rank
+        flat = x.detach().reshape(-1)
+        self.factors = [state.factors(min(me, j), max(me, j), flat) for j, _ in partners]
+        self.parity = [f.half_steps % 2 for f in self.factors]
+        # own[k][m]: this rank's projection of matrix m for partner k (XᵀP̂ or XQ̂)
+        own: list[list[torch.Tensor]] = [[] for _ in partners]
+        for m, (offset, rows, cols) in enumerate(layout.matrices):
+            xm = flat[offset : offset + rows * cols].view(rows, cols)
+            for parity in (0, 1):
+                ks = [k for k, p in enumerate(self.parity) if p == parity]
+                if not ks:
+                    continue
+                for k in ks:  # the same orthonormalisation on both ends of each edge
+                    f = self.factors[k]
+                    if parity == 0:
+                        f.p[m] = _orthonormal(f.p[m])
+                    else:
+                        f.q[m] = _orthonormal(f.q[m])
+                basis = torch.cat(
+                    [self.factors[k].p[m] if parity == 0 else self.factors[k].q[m] for k in ks], 1
+                )
+                projected = xm.t() @ basis if parity == 0 else xm @ basis  # (cols or rows) × r·|ks|
+                for i, k in enumerate(ks):
+                    own[k].append(projected[:, i * r : (i + 1) * r])
+        self.own = own
+        self.exact = [flat[offset : offset + n].clone() for offset, n in layout.exact]
         self.sends: list[tuple[int, torch.Tensor]] = []
         self.recvs: list[tuple[int, torch.Tensor]] = []
-        self.parts: list[
-            tuple[EdgeFactors, int, list[torch.Tensor]]
-        ] = []  # (factors, parity, own projections)
-        for j, _ in partners:
-            f = state.factors(min(me, j), max(me, j), self.x.dtype)
-            parity = f.half_steps % 2
-            own = []
-            for m, (offset, rows, cols) in enumerate(layout.matrices):
-                xm = self.x[offset : offset + rows * cols].view(rows, cols)
-                if parity == 0:
-                    f.p[m] = _orthonormal(f.p[m])
-                    own.append(xm.t() @ f.p[m])  # cols × r
-                else:
-                    f.q[m] = _orthonormal(f.q[m])
-                    own.append(xm @ f.q[m])  # rows × r
-            exact = [self.x[offset : offset + n] for offset, n in layout.exact]
-            msg = torch.cat([t.reshape(-1) for t in own] + exact) if own or exact else self.x.new_zeros(0)
-            self.sends.append((j, msg.contiguous()))
-            self.recvs.append((j, torch.empty(layout.message_numel(r, parity), dtype=self.x.dtype)))
-            self.parts.append((f, parity, own))
+        for k, (j, _) in enumerate(partners):
+            parts = [t.reshape(-1) for t in own[k]] + self.exact
+            msg = torch.cat(parts) if parts else flat.new_zeros(0)
+            self.sends.append((j, msg.to("cpu").contiguous()))  # Gloo carries CPU tensors
+            self.recvs.append((j, torch.empty(layout.message_numel(r, self.parity[k]), dtype=flat.dtype)))
 
-    def delta(self, gamma: float) -> torch.Tensor:
-        """Σ over edges of ±γ ŵ D (and γ ŵ (x_j − x_i) on the exact part), once every message arrived."""
+    def apply(self, x: torch.Tensor, gamma: float) -> None:
+        """Add Σ over edges of ±γŵD (exact part: γŵ(x_j − x_i)) to ``x``, once every message arrived."""
         layout, r = self.state.layout, self.state.rank
-        delta = torch.zeros_like(self.x)
-        for (j, w), (_, msg), (f, parity, own) in zip(self.partners, self.recvs, self.parts, strict=True):
-            lo = self.me < j
-            pos = 0
+        flat = x.detach().reshape(-1)
+        pos = [0] * len(self.partners)
+        with torch.no_grad():
             for m, (offset, rows, cols) in enumerate(layout.matrices):
-                length = (cols if parity == 0 else rows) * r
-                theirs = msg[pos : pos + length].view(-1, r)
-                pos += length
-                diff = theirs - own[m] if lo else own[m] - theirs  # (hi − lo) projected, on both ends
-                if parity == 0:
-                    f.q[m] = diff
-                    d = f.p[m] @ diff.t()
-                else:
-                    f.p[m] = diff
-                    d = diff @ f.q[m].t()
-                delta[offset : offset + rows * cols].view(rows, cols).add_(
-                    d, alpha=gamma * w if lo else -gamma * w
-                )
-            for offset, n in layout.exact:
-                delta[offset : offset + n].add_(
-                    msg[pos : pos + n] - self.x[offset : offset + n], alpha=gamma * w
-                )
-                pos += n
-            f.half_steps += 1
-        return delta
+                left, right = [], []
+                for k, (j, w) in enumerate(self.partners):
+                    f, parity, msg = self.factors[k], self.parity[k], self.recvs[k][1].to(flat.device)
+                    length = (cols if parity == 0 else rows) * r
+                    theirs = msg[pos[k] : pos[k] + length].view(-1, r)
+                    pos[k] += length
+                    lo = self.me < j
+                    diff = theirs - self.own[k][m] if lo else self.own[k][m] - theirs  # hi − lo, on both ends
+                    c = gamma * w if lo else -gamma * w
+                    if parity == 0:  # D = P̂ (hi − lo)ᵀP̂ ... = P̂ Qᵀ
+                        f.q[m] = diff
+                        left.append(f.p[m] * c)
+                        right.append(diff)
+                    else:  # D = (hi − lo)Q̂ Q̂ᵀ = P Q̂ᵀ
+                        f.p[m] = diff
+                        left.append(diff * c)
+                        right.append(f.q[m])
+                if left:
+                    xm = flat[offset : offset + rows * cols].view(rows, cols)
+                    xm.addmm_(torch.cat(left, 1), torch.cat(right, 1).t())
+            for k, (_, w) in enumerate(self.partners):
+                msg = self.recvs[k][1].to(flat.device)
+                for (offset, n), mine in zip(layout.exact, self.exact, strict=True):
+                    flat[offset : offset + n].add_(msg[pos[k] : pos[k] + n] - mine, alpha=gamma * w)
+                    pos[k] += n
+                self.factors[k].half_steps += 1
 
 
 class LowRankRound:
     """One low-rank gossip round of one rank: ``iterations`` half steps, each an exchange on every edge.
 
     The first half step is posted at once (its messages are made of ``x`` as it is now); ``wait()``
-    completes it and runs the others, and returns the delta to add to the tensor.
+    completes it and applies it to the tensor, then runs the others on the tensor as it is then.
     """
 
     def __init__(
@@ -251,8 +274,7 @@ class LowRankRound:
         self.engine, self.gamma, self.iterations = engine, gamma, iterations
         self.state, self.me = state, me
         self.partners = edges(topology, me, step)
-        self.base = x.detach().reshape(-1).clone()  # the snapshot every half step works from
-        self.current = self._post(self.base)
+        self.current = self._post(x)
 
     def _post(self, x: torch.Tensor) -> tuple[HalfStep, Any]:
         half = HalfStep(self.state, self.me, x, self.partners)
@@ -262,16 +284,14 @@ class LowRankRound:
         """Whether the posted exchange has completed (the rest of ``wait()`` does not wait on the network)."""
         return bool(self.current[1].done()) and self.iterations == 1
 
-    def wait(self) -> torch.Tensor:
-        """Complete every half step; the total delta, flat (``PeerError`` if an exchange fails)."""
-        total = torch.zeros_like(self.base)
+    def wait(self, x: torch.Tensor) -> None:
+        """Complete every half step, applying each to ``x`` (``PeerError`` if an exchange fails)."""
         for k in range(self.iterations):
             if k:
-                self.current = self._post(self.base + total)
+                self.current = self._post(x)
             half, exchange = self.current
             self.engine.finish(exchange)
-            total += half.delta(self.gamma)
-        return total
+            half.apply(x, self.gamma)
 
 
 __all__ = ["EdgeFactors", "HalfStep", "Layout", "LowRankRound", "LowRankState", "edges", "state_for"]

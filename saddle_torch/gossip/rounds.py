@@ -53,8 +53,8 @@ class GossipHandle:
             CorruptMessageError: a compressed message failed validation.
         """
         if not self._done and isinstance(self.round, LowRankRound):
-            delta = self.round.wait()  # the tensor may have moved since start (AWC): add the delta
-            self.result.add_(delta.view(self.result.shape).to(self.result.device, self.result.dtype))
+            # Added to the tensor as it is now (it may have moved since start: AWC's snapshot form).
+            self.round.wait(self.result)
             self._done = True
         if not self._done:
             self.engine.finish(self.round)
@@ -157,12 +157,13 @@ def _start_lowrank(
         )
     step = ctx.names.step_of(name)
     result = tensor if inplace else tensor.clone()
-    staged = result.detach().to("cpu")
+    if not result.is_contiguous():
+        raise ValueError(f"low-rank gossip averages contiguous tensors ({name!r})")
     gossip = LowRankRound(
-        ctx.engine, state, ctx.topology, ctx.rank, step, staged, gamma, compression.iterations
+        ctx.engine, state, ctx.topology, ctx.rank, step, result, gamma, compression.iterations
     )
     ctx.names.set_step(name, step + 1)
-    return GossipHandle(ctx.engine, gossip, result, staged)
+    return GossipHandle(ctx.engine, gossip, result, result)
 
 
 __all__ = ["GossipHandle", "RoundParts", "start"]
