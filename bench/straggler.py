@@ -9,7 +9,10 @@ on the emulated cluster: 8 ranks, the study's small CNN, ``q-saddle`` (awc) on a
 ``--slow``, ``--steps`` steps with no barrier; it reports each rank's mean step time over the second
 half, and how many rounds ahead of the straggler each rank got at most.
 
-    python bench/straggler.py [--ranks 8] [--steps 80] [--rate 100] [--slow 10] [--out runs/straggler]
+``--modes sync,async`` adds asynchronous push-sum gossip (``max_staleness``, never waiting: the
+slow rank's messages are mixed in when they arrive) beside the synchronous rounds.
+
+    python bench/straggler.py [--ranks 8] [--steps 80] [--rate 100] [--slow 10] [--modes sync,async]
 """
 
 from __future__ import annotations
@@ -40,8 +43,13 @@ def _rank_main(args: argparse.Namespace) -> None:
     rank = int(os.environ["RANK"])
     st.init(topology=args.topology, timeout=timedelta(seconds=600))  # the default Gloo group too
     model = build_model("cnn", cnn_width=16)
+    staleness = None if args.mode == "sync" else float("inf")
     opt = st.DistributedOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.05), model, algorithm="q-saddle", order="awc"
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        model,
+        algorithm="q-saddle",
+        order="awc",
+        max_staleness=staleness,
     )
     g = torch.Generator().manual_seed(rank)
     batches = [
@@ -61,6 +69,7 @@ def _rank_main(args: argparse.Namespace) -> None:
 
         opt.step(closure)
         ends.append(time.perf_counter() - t0)
+    opt.drain()  # asynchronous gossip: the messages still in flight (a no-op for synchronous rounds)
     Path(args.out, f"{args.tag}-{rank}.json").write_text(json.dumps({"start": t0, "ends": ends}))
     st.shutdown()
     dist.destroy_process_group()
@@ -91,10 +100,14 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=10.0, help="Mbit/s of the straggler's link")
     parser.add_argument("--straggler", type=int, default=3)
     parser.add_argument("--topologies", default="ring,one_peer_exponential")
+    parser.add_argument(
+        "--modes", default="sync", help="sync (rounds) and/or async (push-sum), comma-separated"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "straggler")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topology", help=argparse.SUPPRESS)
     parser.add_argument("--tag", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="sync", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _rank_main(args)
@@ -104,27 +117,32 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    for topology in args.topologies.split(","):
-        for label, slow in (("uniform", None), ("straggler", args.straggler)):
-            rates = [args.rate] * args.ranks
-            if slow is not None:
-                rates[slow] = args.slow
-            tag = f"{topology}-{label}"
-            print(
-                f"== {tag}: {args.ranks} ranks, links {rates} Mbit/s, {args.steps} free-running steps",
-                flush=True,
-            )
-            argv = [sys.executable, __file__, "--worker", "--topology", topology, "--tag", tag]
-            argv += ["--steps", str(args.steps), "--out", str(args.out)]
-            with Cluster(args.ranks, rates_mbit=rates) as c:
-                c.run(argv, timeout=1800)
-            results[tag] = _summarise(args.out, tag, args.ranks, args.steps, slow)
-            steps = " ".join(f"{t:.3f}" for t in results[tag]["mean_step_s"])
-            print(
-                f"   mean step per rank (s): {steps}; rounds ahead of the straggler: "
-                f"{results[tag]['max_rounds_ahead']}",
-                flush=True,
-            )
+    runs = [
+        (topology, mode, label, slow)
+        for topology in args.topologies.split(",")
+        for mode in args.modes.split(",")
+        for label, slow in (("uniform", None), ("straggler", args.straggler))
+    ]
+    for topology, mode, label, slow in runs:
+        rates = [args.rate] * args.ranks
+        if slow is not None:
+            rates[slow] = args.slow
+        tag = f"{topology}-{mode}-{label}"
+        print(
+            f"== {tag}: {args.ranks} ranks, links {rates} Mbit/s, {args.steps} free-running steps",
+            flush=True,
+        )
+        argv = [sys.executable, __file__, "--worker", "--topology", topology, "--tag", tag]
+        argv += ["--steps", str(args.steps), "--out", str(args.out), "--mode", mode]
+        with Cluster(args.ranks, rates_mbit=rates) as c:
+            c.run(argv, timeout=1800)
+        results[tag] = _summarise(args.out, tag, args.ranks, args.steps, slow)
+        steps = " ".join(f"{t:.3f}" for t in results[tag]["mean_step_s"])
+        print(
+            f"   mean step per rank (s): {steps}; rounds ahead of the straggler: "
+            f"{results[tag]['max_rounds_ahead']}",
+            flush=True,
+        )
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     lines = [
         "| run | " + " | ".join(f"r{r}" for r in range(args.ranks)) + " |",

@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
 NativeTopology = _C.Topology
 GossipEngine = _C.GossipEngine
 Completion = _C.Completion  # completes a torch Future from the engine's worker (the DDP hook)
+Mailbox = _C.Mailbox  # point-to-point messages that do not wait for each other (asynchronous push-sum)
 
 ring = _C.ring
 torus = _C.torus

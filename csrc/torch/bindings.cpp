@@ -8,6 +8,7 @@
 #include "torch/codec_ops.h"
 #include "torch/errors.h"
 #include "torch/gossip_engine.h"
+#include "torch/mailbox.h"
 #include "torch/optim_ops.h"
 #include "torch/saddle_backend.h"
 #include "torch/topology_ops.h"
@@ -192,6 +193,29 @@ void bind_engine(py::module_& m) {
       .def("reset_stats", &st::GossipEngine::reset_stats);
 }
 
+void bind_mailbox(py::module_& m) {
+  using py::arg;
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  py::class_<st::Mailbox, std::shared_ptr<st::Mailbox>>(m, "Mailbox")
+      .def(py::init([](const c10::intrusive_ptr<c10d::Backend>& backend, double timeout_seconds) {
+             return std::make_shared<st::Mailbox>(
+                 backend, std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000.0)));
+           }),
+           arg("backend"), arg("timeout_seconds"))
+      .def("send", &st::Mailbox::send, arg("peer"), arg("tensor"), nogil)
+      .def("recv", &st::Mailbox::recv, arg("peer"), arg("tensor"), nogil)
+      .def("sent", &st::Mailbox::sent, arg("peer"), nogil)
+      .def("received", &st::Mailbox::received, arg("peer"), nogil)
+      .def("wait_sent", &st::Mailbox::wait_sent, arg("peer"), nogil)
+      .def("wait_received", &st::Mailbox::wait_received, arg("peer"), nogil)
+      .def("sends", &st::Mailbox::sends, arg("peer"), nogil)
+      .def("recvs", &st::Mailbox::recvs, arg("peer"), nogil)
+      .def("raise_if_failed", &st::Mailbox::raise_if_failed, nogil)
+      .def("close", &st::Mailbox::close, nogil)
+      .def_property_readonly("bytes_sent", &st::Mailbox::bytes_sent)
+      .def_property_readonly("bytes_received", &st::Mailbox::bytes_received);
+}
+
 void bind_optim(py::module_& m) {
   using py::arg;
   const auto nogil = py::call_guard<py::gil_scoped_release>();
@@ -257,6 +281,7 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception_translator(&translate);
   bind_topology(m);
   bind_engine(m);
+  bind_mailbox(m);
   bind_optim(m);
   bind_codecs(m);
   bind_choco(m);

@@ -85,6 +85,10 @@ class GossipContext:
         self._bind(group, topology)
 
     def _bind(self, group: Any, topology: Topology) -> None:
+        old = getattr(self, "_mailbox", None)
+        if old is not None:
+            old.close()  # aborts what the old group still has in flight
+        self._mailbox: Any = None
         self.group = group
         self.door = Door(group)
         self.rank, self.size = self.door.rank, self.door.size
@@ -142,6 +146,12 @@ class GossipContext:
                 f"(this rank has {topology.name}); pass the same topology on every rank"
             )
         return digest
+
+    def mailbox(self) -> Any:
+        """The point-to-point mailbox of asynchronous gossip on this group (created at first use)."""
+        if self._mailbox is None:
+            self._mailbox = _ops.Mailbox(gloo_backend(self.group), self.timeout.total_seconds())
+        return self._mailbox
 
     # -- names and γ ------------------------------------------------------------------------------
     def register(self, name: str, tensor: torch.Tensor, codec: Compression) -> None:
@@ -232,6 +242,8 @@ class GossipContext:
         """Stop the engine and release the process group (idempotent); later rounds raise."""
         if self.elastic is not None:
             self.elastic.close()
+        if self._mailbox is not None:
+            self._mailbox.close()
         self.engine.close()
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 from typing_extensions import override
 
 from saddle_torch.compression import Compression
-from saddle_torch.optim.phases import Closure, Phase, SaddleRuntime, StepRun
+from saddle_torch.errors import SaddleWarning
+from saddle_torch.gossip.pushsum import PushSum
+from saddle_torch.optim.phases import Closure, Phase, SaddleRuntime, StepOptions, StepRun
 
 
 class Gossip(Phase):
@@ -26,6 +31,18 @@ class Gossip(Phase):
     def __init__(self, rt: SaddleRuntime, keep_received: bool = False) -> None:
         self.keep_received = keep_received
         self._posted = False  # this step's round was posted (or an attempt was made)
+
+    @classmethod
+    @override
+    def check(cls, options: StepOptions, optimizer: torch.optim.Optimizer) -> None:
+        if options.max_staleness is not None:
+            PushSumGossip.check(options, optimizer)
+
+    @classmethod
+    @override
+    def build(cls, rt: SaddleRuntime) -> Phase:
+        """Synchronous rounds, or asynchronous push-sum when ``max_staleness`` is set."""
+        return cls(rt) if rt.options.max_staleness is None else PushSumGossip(rt)
 
     @override
     def prime(self, rt: SaddleRuntime) -> None:
@@ -111,4 +128,94 @@ class ExactAverage(Phase):
                 self._reduce(rt, zero=True)
 
 
-__all__ = ["ExactAverage", "Gossip"]
+class PushSumGossip(Phase):
+    """``max_staleness=k``: asynchronous push-sum gossip, mixing with whatever has arrived.
+
+    A rank never waits for a neighbour's message unless the newest one is more than ``k`` of its own
+    steps old (:mod:`saddle_torch.gossip.pushsum`); the average of the models is kept exactly (mass is
+    only ever moved, never lost), and :meth:`settle` (``opt.drain()``) delivers what is in flight.
+    The mixing happens after the local step, whatever ``order``. Exact models only (a codec's CHOCO
+    state needs synchronous rounds).
+    """
+
+    topology_bound = True  # push-sum weights and messages in flight belong to the group and graph
+
+    @classmethod
+    @override
+    def check(cls, options: StepOptions, optimizer: torch.optim.Optimizer) -> None:
+        if not options.compression.is_none:
+            raise ValueError(
+                f"asynchronous gossip (max_staleness={options.max_staleness}) sends exact models; "
+                f"compression={options.compression!r} needs synchronous rounds (max_staleness=None)"
+            )
+
+    def __init__(self, rt: SaddleRuntime) -> None:
+        self._sums: dict = {}
+        self._mailbox: object | None = None  # the context's mailbox the push-sums are on
+
+    def _ensure(self, rt: SaddleRuntime) -> None:
+        """Push-sum state on the context's current group (afresh after an elastic membership change)."""
+        ctx = rt.ctx
+        mailbox = ctx.mailbox()
+        if mailbox is self._mailbox:
+            return
+        self._mailbox = mailbox
+        topo = ctx.topology
+        me, period = ctx.rank, range(topo.period)
+        ins = sorted({j for s in period for j in topo.in_neighbors(me, s)} - {me})
+        outs = sorted({j for s in period for j in topo.out_neighbors(me, s)} - {me})
+        limit = rt.options.max_staleness
+        bound = None if limit is None or limit == float("inf") else int(limit)
+        self._sums = {
+            key: PushSum(mailbox, ins, outs, x.numel(), x.dtype, bound) for key, x in rt.flat.buffers.items()
+        }
+
+    @override
+    def prime(self, rt: SaddleRuntime) -> None:
+        for key, x in rt.flat.buffers.items():  # the same shapes on every rank
+            rt.ctx.register(rt.name(key), x, Compression.none)  # type: ignore[attr-defined]
+        self._ensure(rt)
+
+    @override
+    def commit(self, rt: SaddleRuntime, run: StepRun) -> None:
+        self._ensure(rt)
+        ctx = rt.ctx
+        for key, x in rt.flat.buffers.items():
+            name = rt.name(key)
+            step = ctx.step_of(name)
+            self._sums[key].mix(
+                x.view(-1), [j for j in ctx.topology.out_neighbors(ctx.rank, step) if j != ctx.rank]
+            )
+            ctx.set_step(name, step + 1)
+
+    @override
+    def settle(self, rt: SaddleRuntime) -> None:
+        self._ensure(rt)
+        for key, x in rt.flat.buffers.items():
+            self._sums[key].drain(x.view(-1))
+        # Nobody leaves before every rank drained: a rank's closing message may still be on the wire
+        # (delivered to the kernel, not yet read) when the sender's process would exit and reset it.
+        rt.ctx.door.agree([0], what="waiting for every rank to drain its push-sum messages")
+
+    @override
+    def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:
+        if not all(ps.drained for ps in self._sums.values()):
+            warnings.warn(
+                "saving asynchronous gossip state with messages in flight: their mass is not in the "
+                "checkpoint, so a resumed run's average differs; call opt.drain() on every rank first",
+                SaddleWarning,
+                stacklevel=3,
+            )
+        return {"pushsum_w": {k.name(): ps.w for k, ps in self._sums.items()}}
+
+    @override
+    def load_state_dict(self, rt: SaddleRuntime, state: dict[str, Any]) -> None:
+        self._ensure(rt)
+        by_name = {k.name(): k for k in self._sums}
+        for name, w in state["pushsum_w"].items():
+            if name not in by_name:
+                raise ValueError(f"checkpoint push-sum weight of {name} does not fit this model")
+            self._sums[by_name[name]].w = float(w)
+
+
+__all__ = ["ExactAverage", "Gossip", "PushSumGossip"]

@@ -63,6 +63,11 @@ class NeighbourModels(Phase):
     @override
     def check(cls, options: StepOptions, optimizer: torch.optim.Optimizer) -> None:
         comp = options.compression
+        if options.max_staleness is not None:
+            raise ValueError(
+                f"{options.algorithm!r} exchanges models and cross-gradients in step with its neighbours; "
+                "asynchronous gossip (max_staleness) works with 'q-saddle', 'qgm', 'dsgd' and 'sam-dsgd'"
+            )
         if comp.is_lowrank:
             raise ValueError(
                 f"{options.algorithm!r} computes cross-gradients at each neighbour's model, which low-rank "

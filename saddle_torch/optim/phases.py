@@ -43,11 +43,16 @@ class StepOptions:
     bn_second_pass: bool = False
     compression: Compression = field(default_factory=lambda: Compression.none)  # type: ignore[attr-defined]
     qg_adam: str = "normalized"
+    max_staleness: float | None = None  # None: synchronous gossip; else asynchronous push-sum
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order must be 'atc' or 'awc', got {self.order!r}")
         object.__setattr__(self, "gamma", check_gamma(self.gamma))
+        if self.max_staleness is not None and (
+            isinstance(self.max_staleness, bool) or not self.max_staleness >= 0
+        ):
+            raise ValueError(f"max_staleness must be None or ≥ 0 (steps), got {self.max_staleness!r}")
 
 
 @dataclass
@@ -104,6 +109,9 @@ class Phase:
 
     def abort(self, rt: SaddleRuntime, run: StepRun) -> None:
         """The step failed: complete or post this phase's rounds of the step; x is restored after."""
+
+    def settle(self, rt: SaddleRuntime) -> None:
+        """Deliver the communication still in flight between steps (collective; asynchronous gossip)."""
 
     def first_half(self, rt: SaddleRuntime) -> None:
         """``first_step()``: after the first backward, before the caller's second pass (SAM: x += e)."""

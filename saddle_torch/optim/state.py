@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from saddle_torch import _ops
@@ -48,7 +49,9 @@ def load_runtime(rt: SaddleRuntime, extra: dict[str, Any]) -> None:
         )
     phases = extra.get("phases", {})
     for p in rt.phases:
-        wanted = set(p.state_dict(rt))
+        with warnings.catch_warnings():  # only the keys are wanted here, not a save
+            warnings.simplefilter("ignore")
+            wanted = set(p.state_dict(rt))
         if wanted:
             missing = wanted - set(phases)
             if missing:

@@ -143,6 +143,18 @@ class _DistributedOptimizer:
         """
         seq.abort(self._saddle, None)
 
+    def drain(self) -> None:
+        """Deliver every gossip message still in flight (collective; asynchronous gossip, else a no-op).
+
+        Under ``max_staleness`` the neighbours' latest messages may still be on the wire or waiting
+        for a free link; after ``drain()`` every one of them has been applied, so the ranks' models
+        hold all the mass (their average is exactly what gossip kept). Call it on every rank before
+        evaluating or checkpointing the models; training may go on afterwards.
+        """
+        rt = self._saddle
+        for p in rt.phases:
+            p.settle(rt)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients in place; ``set_to_none`` is ignored so gradients stay in the flat buffer."""
         self._saddle.flat.zero_grads()
@@ -216,6 +228,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     bn_second_pass: bool = False,
     compression: Compression | str | None = None,
     qg_adam: str = "normalized",
+    max_staleness: float | None = None,
     ctx: GossipContext | None = None,
 ) -> torch.optim.Optimizer:
     """Wrap ``optimizer`` so that every ``step()`` is a decentralized (and, for SADDLe, sharpness-aware) step.
@@ -256,6 +269,12 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
             docs/RESULTS.md, but it depends on the loss scale and can drift where ‖g‖ < 1 at a
             constant lr) or ``"scaled"`` (the displacement's direction at the gradient's size:
             invariant to the loss scale). See :mod:`saddle_torch.optim.qgm`.
+        max_staleness: ``None`` (default): synchronous gossip, every round waits for the neighbours.
+            A number k: asynchronous push-sum gossip (``q-saddle``, ``qgm``, ``dsgd``, ``sam-dsgd``,
+            exact models): each step mixes with whatever the neighbours' messages have delivered and
+            waits for a neighbour only when its newest message is more than k of this rank's steps
+            old (``float("inf")``: never), so a slow rank sets no one's pace; the average of the
+            models is kept exactly. Call ``opt.drain()`` (collective) before evaluating the models.
         ctx: gossip context (default: the one :func:`saddle_torch.init` created).
 
     Options an algorithm does not use are ignored (``rho`` under ``dsgd``, ``beta`` under ``sam-dsgd``).
@@ -287,6 +306,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         bn_second_pass=bn_second_pass,
         compression=resolve(compression, default=ctx.compression),
         qg_adam=qg_adam,
+        max_staleness=max_staleness,
     )
     recipe.check(options, optimizer)
     if ctx.elastic is not None and ctx.names.prefixes("opt"):
