@@ -152,9 +152,9 @@ def check_rows(keys: list[str]) -> None:
 
 
 # --- models -----------------------------------------------------------------------------------------
-def build_model(name: str, *, cnn_width: int) -> nn.Module:
+def build_model(name: str, *, cnn_width: int, seed: int = 0) -> nn.Module:
     """``mlp`` (784-2048-2048-10) or ``cnn`` (the study's SmallCNN), the same weights on every rank."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if name == "mlp":
         return nn.Sequential(
             nn.Flatten(),
@@ -226,10 +226,13 @@ class Rows:
             rho=spec["rho"],
             powersgd_rank=spec["powersgd_rank"],
             cnn_width=spec["cnn_width"],
+            seed=spec.get("seed", 0),
         )
 
-    def __init__(self, keys: list[str], *, lr: float, rho: float, powersgd_rank: int, cnn_width: int) -> None:
-        self.lr, self.rho = lr, rho
+    def __init__(
+        self, keys: list[str], *, lr: float, rho: float, powersgd_rank: int, cnn_width: int, seed: int = 0
+    ) -> None:
+        self.lr, self.rho, self.seed = lr, rho, seed
         self.powersgd_rank = powersgd_rank
         self.cnn_width = cnn_width
         self.n = dist.get_world_size()
@@ -250,7 +253,7 @@ class Rows:
 
     def build(self, key: str, model_name: str) -> Method:
         """A fresh model and optimizer for row ``key`` (collective: every rank builds the same rows)."""
-        model = build_model(model_name, cnn_width=self.cnn_width)
+        model = build_model(model_name, cnn_width=self.cnn_width, seed=self.seed)
         if key in DDP_ROWS:
             return self._ddp(key, model)
         order, topology, codec = parse_row(key)
@@ -487,8 +490,9 @@ def worker_tta(spec: dict[str, Any]) -> None:
     train, test, _, _ = _example("datasets").load_fashion_mnist(spec["data_dir"])
     train_x, train_y = train.tensors
     test_x, test_y = test.tensors
-    part = DirichletPartition(train_y, n=n, alpha=spec["alpha"], seed=0, min_size=spec["batch"])
-    sampler = part.sampler(rank, seed=0)
+    seed = spec.get("seed", 0)  # the split, the sampling order and the starting model
+    part = DirichletPartition(train_y, n=n, alpha=spec["alpha"], seed=seed, min_size=spec["batch"])
+    sampler = part.sampler(rank, seed=seed)
     lo, hi = rank * len(test_y) // n, (rank + 1) * len(test_y) // n
     my_test = (test_x[lo:hi], test_y[lo:hi])
     rows = Rows.from_spec(spec)
@@ -648,11 +652,13 @@ def parse_setting(text: str, n: int) -> Setting:
     return Setting(text, emu.parse_rate(base), overrides)
 
 
-def _launch(args: argparse.Namespace, setting: Setting, mode: str, spec: dict[str, Any]) -> dict[str, Any]:
+def _launch(
+    args: argparse.Namespace, setting: Setting, mode: str, spec: dict[str, Any], suffix: str = ""
+) -> dict[str, Any]:
     """Start the cluster of ``setting``, run the worker ``mode`` on every rank, return rank 0's result."""
     raw = args.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    name = f"{mode}_{setting.slug}"
+    name = f"{mode}_{setting.slug}{suffix}"
     spec = {**spec, "setting": setting.label, "result": str(raw / f"{name}.json")}
     spec_path = raw / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
@@ -756,44 +762,94 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
                     )
     tta = results.get("tta")
     if tta:
-        target = tta["target"]
-        lines += [
-            "",
-            f"## Time to accuracy: MLP, {tta['setting']}, Dirichlet α = {args.alpha}, "
-            f"{args.tta_budget:g} s per method",
-            "",
-            f"Target: DDP+SAM's final accuracy {target:.4f}. Accuracy of the exact average of the ranks' "
-            f"models, every {args.tta_eval_every:g} s (clock paused); time to target interpolated between "
-            "evaluations.",
-            "",
-            "| method | steps (rank 0) | final accuracy | best | time to target (s) |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for r in tta["rows"].values():
-            reach = r["time_to_target"]
-            best = max(a for _, a in r["curve"])
-            lines.append(
-                f"| {r['label']} | {r['steps_per_rank'][0]} | {r['curve'][-1][1]:.4f} | {best:.4f} | "
-                + (f"{reach:.1f} |" if reach is not None else "not reached |")
-            )
+        lines += tta_markdown(tta, args)
     return "\n".join(lines) + "\n"
 
 
+def tta_summary(per_seed: dict[str, Any], target_row: str) -> dict[str, Any]:
+    """Per row, over the seeds: steps, final accuracy and time to the target row's final accuracy.
+
+    The target is the target row's final accuracy *at each seed*; ``ratio`` is a row's time to it over
+    the target row's own time to it (median over seeds; ``None`` where a seed never reached it).
+    """
+    rows: dict[str, Any] = {}
+    for seed, tta in per_seed.items():
+        target = tta["rows"][target_row]["curve"][-1][1]
+        own = time_to(tta["rows"][target_row]["curve"], target)
+        for key, r in tta["rows"].items():
+            reach = time_to(r["curve"], target)
+            row = rows.setdefault(
+                key, {"label": r["label"], "final": [], "time": [], "ratio": [], "steps": []}
+            )
+            row["final"].append(r["curve"][-1][1])
+            row["time"].append(reach)
+            row["ratio"].append(None if reach is None or not own else reach / own)
+            row["steps"].append(r["steps_per_rank"][0])
+            row.setdefault("targets", {})[seed] = target
+    return rows
+
+
+def _spread(values: list[float | None], fmt: str) -> str:
+    """``median [min–max]`` of the values, or ``not reached (k/n)`` when some are ``None``."""
+    got = sorted(v for v in values if v is not None)
+    if len(got) < len(values):
+        return f"not reached ({len(values) - len(got)}/{len(values)})"
+    med = statistics.median(got)
+    return format(med, fmt) if len(got) == 1 else f"{med:{fmt}} [{got[0]:{fmt}}–{got[-1]:{fmt}}]"
+
+
+def tta_markdown(tta: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The time-to-accuracy table: medians and ranges over the seeds."""
+    seeds = list(tta["seeds"])
+    target_row = tta["target_row"]
+    rows = tta_summary(tta["seeds"], target_row)
+    label = rows[target_row]["label"]
+    targets = ", ".join(f"{t:.4f}" for t in rows[target_row]["targets"].values())
+    lines = [
+        "",
+        f"## Time to accuracy: MLP, {tta['setting']}, Dirichlet α = {args.alpha}, "
+        f"{args.tta_budget:g} s per method, seeds {seeds}",
+        "",
+        f"Target: {label}'s final accuracy at each seed ({targets}). Accuracy of the exact average of "
+        f"the ranks' models, every {args.tta_eval_every:g} s (clock paused); time to target interpolated "
+        "between evaluations; median [min–max] over the seeds.",
+        "",
+        "| method | steps (rank 0) | final accuracy | time to target (s) | / target row's time |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['label']} | {_spread(r['steps'], '.0f')} | {_spread(r['final'], '.4f')} | "
+            f"{_spread(r['time'], '.1f')} | {_spread(r['ratio'], '.2f')} |"
+        )
+    return lines
+
+
 def plot(tta: dict[str, Any], path: Path) -> None:
-    """Accuracy against wall seconds, one curve per method, the target dashed."""
+    """Accuracy against wall seconds: one colour per method, one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in tta["rows"].values():
-        ts, accs = zip(*r["curve"], strict=True)
-        ax.plot(ts, accs, marker="o", ms=3, label=r["label"])
-    ax.axhline(tta["target"], ls="--", c="grey", lw=1, label="DDP+SAM final")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for s_i, per_seed in enumerate(tta["seeds"].values()):
+        for k, r in enumerate(per_seed["rows"].values()):
+            ts, accs = zip(*r["curve"], strict=True)
+            ax.plot(
+                ts,
+                accs,
+                marker="o",
+                ms=2,
+                lw=1,
+                alpha=0.8,
+                color=colours[k % len(colours)],
+                label=r["label"] if s_i == 0 else None,
+            )
     ax.set_xlabel("wall seconds (training only)")
     ax.set_ylabel("test accuracy, averaged model")
-    ax.set_title(f"MLP 784-2048-2048-10, Fashion-MNIST, {tta['setting']}")
+    ax.set_title(f"MLP 784-2048-2048-10, Fashion-MNIST, {tta['setting']}, seeds {list(tta['seeds'])}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -837,6 +893,12 @@ def main() -> None:
         "--tta-budget", type=float, default=120.0, help="seconds per method; 0 skips the part"
     )
     parser.add_argument("--tta-rate", default="100mbit")
+    parser.add_argument(
+        "--seeds", default="0", help="seeds of the time-to-accuracy part (split, order, model)"
+    )
+    parser.add_argument(
+        "--tta-target", default=BASELINE, help="row whose final accuracy is the target (default ddp-sam)"
+    )
     parser.add_argument("--tta-rows", default=",".join(TTA_ROWS))
     parser.add_argument("--tta-eval-every", type=float, default=20.0)
     parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet α of the time-to-accuracy split")
@@ -854,6 +916,7 @@ def main() -> None:
         return
 
     rows = [r for r in args.rows.split(",") if r]
+    seeds = [int(x) for x in args.seeds.split(",") if x]
     tta_rows = [r for r in args.tta_rows.split(",") if r]
     check_rows(rows + tta_rows)
     if args.warmup < 2 and "ddp-sam-powersgd" in rows:
@@ -882,13 +945,13 @@ def main() -> None:
             _write(results, args)
     if args.tta_budget > 0 and tta_rows:
         setting = parse_setting(args.tta_rate, args.ranks)
-        tta = _launch(args, setting, "tta", _spec(args, tta_rows, ["mlp"]))
-        tta["setting"] = setting.label
-        base = BASELINE if BASELINE in tta["rows"] else tta_rows[0]
-        tta["target"] = tta["rows"][base]["curve"][-1][1]
-        for r in tta["rows"].values():
-            r["time_to_target"] = time_to(r["curve"], tta["target"])
-        results["tta"] = tta
+        target_row = args.tta_target if args.tta_target in tta_rows else tta_rows[0]
+        tta = {"setting": setting.label, "target_row": target_row, "seeds": {}}
+        for seed in seeds:
+            spec = _spec(args, tta_rows, ["mlp"]) | {"seed": seed}
+            tta["seeds"][str(seed)] = _launch(args, setting, "tta", spec, suffix=f"_seed{seed}")
+            results["tta"] = tta
+            _write(results, args)
         plot(tta, args.out / "tta.png")
     _write(results, args)
     print(markdown(results, args))

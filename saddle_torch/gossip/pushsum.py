@@ -3,7 +3,10 @@
 Synchronous gossip lets a rank run at most its graph distance ahead of a straggler, so after a few
 steps every rank runs at the straggler's pace. Here no rank waits for a message it does not need:
 
-- every rank keeps a numerator x and a weight w; its model is z = x / w;
+- every rank keeps a numerator x and a weight w; its model is z = x / w; a local step that moves z
+  by Δ adds Δ to x (as SGP does), so the numerators' sum moves by the plain sum of the local
+  updates and the de-biased average Σx / Σw follows the average of the ranks' updates (each rank's
+  data counts once, however much weight it holds);
 - each step it sends an equal share of (x, w) to every out-neighbour whose link is free (its previous
   message was delivered) and keeps one share; a busy link gets nothing this step, so a slow link
   carries fewer messages instead of holding the sender back, and mass never waits in a queue;
@@ -52,7 +55,9 @@ class Transport(Protocol):
         """Raise the first failure (``PeerError``)."""
 
 
-MIN_WEIGHT = 1e-3  # a rank keeps its mass below this push-sum weight (1 at the start)
+# A rank keeps its mass below this push-sum weight (1 at the start, near 1 while every rank sends):
+# its model moves by its local update / w, so w is kept from shrinking far below 1.
+MIN_WEIGHT = 0.25
 
 
 class PushSum:
@@ -99,6 +104,8 @@ class PushSum:
     def mix(self, z: torch.Tensor, out_peers: list[int]) -> None:
         """One step: ``z`` (this rank's model after its local update, flat, in place) becomes x / w.
 
+        The local update (``z`` minus the model the last step left, x / w) is added to x unscaled.
+
         Of ``out_peers`` (this step's out-neighbours) only those whose link is free get a share: mass
         leaves only when it can go on the wire at once, so a slow link takes less, and no weight
         drains away into a queue.
@@ -107,7 +114,7 @@ class PushSum:
             PeerError: a message to or from a neighbour failed (it died, or the timeout passed).
         """
         with torch.no_grad():
-            torch.mul(z, self.w, out=self.x)
+            self.x.mul_(1.0 - 1.0 / self.w).add_(z)  # x + (z − x / w): the update, unscaled
             # A rank that hears from no one (its neighbours stopped, its links are slow) would halve its
             # weight every step until it underflows: below MIN_WEIGHT it gives nothing until it hears.
             free = [j for j in out_peers if self.transport.sent(j)] if self.w >= MIN_WEIGHT else []
@@ -199,6 +206,12 @@ class PushSum:
                     self._take(j)
         delivered = all(self.transport.sent(j) for j in self.outbox)  # a neighbour may still need ours
         return not self.closing and not self.open and delivered
+
+    def reset(self, z: torch.Tensor, w: float) -> None:
+        """Restart from model ``z`` with weight ``w`` (a checkpoint's): x = w · z."""
+        with torch.no_grad():
+            self.w = float(w)
+            torch.mul(z, self.w, out=self.x)
 
     def model(self, z: torch.Tensor) -> None:
         """``z`` ← x / w, the de-biased model."""

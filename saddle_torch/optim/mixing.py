@@ -189,10 +189,17 @@ class PushSumGossip(Phase):
             ctx.set_step(name, step + 1)
 
     @override
-    def settle(self, rt: SaddleRuntime) -> None:
+    def settle(self, rt: SaddleRuntime, *, average: bool = False) -> None:
         self._ensure(rt)
         for key, x in rt.flat.buffers.items():
             self._sums[key].drain(x.view(-1))
+        if average:  # every rank's model becomes Σx / Σw, the average push-sum kept, with w = 1
+            for key, x in rt.flat.buffers.items():
+                ps = self._sums[key]
+                total = torch.cat([ps.x, ps.x.new_tensor([ps.w])])
+                rt.ctx.door.all_reduce(total, what="the push-sum average after draining")
+                ps.reset(x.view(-1).copy_(total[:-1] / total[-1]), 1.0)
+            return  # the all-reduce waited for every rank
         # Nobody leaves before every rank drained: a rank's closing message may still be on the wire
         # (delivered to the kernel, not yet read) when the sender's process would exit and reset it.
         rt.ctx.door.agree([0], what="waiting for every rank to drain its push-sum messages")
@@ -215,7 +222,8 @@ class PushSumGossip(Phase):
         for name, w in state["pushsum_w"].items():
             if name not in by_name:
                 raise ValueError(f"checkpoint push-sum weight of {name} does not fit this model")
-            self._sums[by_name[name]].w = float(w)
+            key = by_name[name]
+            self._sums[key].reset(rt.flat.buffers[key].view(-1), float(w))  # the model loaded first
 
 
 __all__ = ["ExactAverage", "Gossip", "PushSumGossip"]

@@ -110,8 +110,11 @@ class Phase:
     def abort(self, rt: SaddleRuntime, run: StepRun) -> None:
         """The step failed: complete or post this phase's rounds of the step; x is restored after."""
 
-    def settle(self, rt: SaddleRuntime) -> None:
-        """Deliver the communication still in flight between steps (collective; asynchronous gossip)."""
+    def settle(self, rt: SaddleRuntime, *, average: bool = False) -> None:
+        """Deliver the communication still in flight between steps (collective; asynchronous gossip).
+
+        ``average``: then replace every rank's model by the exact average that gossip kept.
+        """
 
     def first_half(self, rt: SaddleRuntime) -> None:
         """``first_step()``: after the first backward, before the caller's second pass (SAM: x += e)."""

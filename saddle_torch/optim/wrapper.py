@@ -143,17 +143,21 @@ class _DistributedOptimizer:
         """
         seq.abort(self._saddle, None)
 
-    def drain(self) -> None:
+    def drain(self, *, average: bool = False) -> None:
         """Deliver every gossip message still in flight (collective; asynchronous gossip, else a no-op).
 
         Under ``max_staleness`` the neighbours' latest messages may still be on the wire or waiting
         for a free link; after ``drain()`` every one of them has been applied, so the ranks' models
-        hold all the mass (their average is exactly what gossip kept). Call it on every rank before
-        evaluating or checkpointing the models; training may go on afterwards.
+        hold all the mass. Call it on every rank before checkpointing; training may go on afterwards.
+
+        Push-sum keeps a weight per rank, so the average it keeps is the *weighted* mean of the
+        models (a rank whose slow links let it send little holds more weight), not their plain mean.
+        ``average=True`` then sets every rank's model to that average (one all-reduce; weights back
+        to 1): what to evaluate or export at the end of training.
         """
         rt = self._saddle
         for p in rt.phases:
-            p.settle(rt)
+            p.settle(rt, average=average)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients in place; ``set_to_none`` is ignored so gradients stay in the flat buffer."""

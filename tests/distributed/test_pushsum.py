@@ -44,7 +44,11 @@ def _async_gossip(rank: int, world: int) -> dict:
     opt.drain()
     ps = next(iter(opt.saddle.phase(PushSumGossip)._sums.values()))
     end = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
-    return {"start": start, "end": end, "w": ps.w, "steps": steps, "applied": dict(ps.applied)}
+    w = ps.w
+    opt.drain(average=True)  # every model becomes the weighted average, weights back to 1
+    averaged = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    out = {"start": start, "end": end, "w": w, "steps": steps, "applied": dict(ps.applied)}
+    return out | {"averaged": averaged}
 
 
 def test_a_straggler_sets_no_ones_pace_and_the_mean_does_not_drift() -> None:
@@ -59,6 +63,8 @@ def test_a_straggler_sets_no_ones_pace_and_the_mean_does_not_drift() -> None:
     assert abs(float(w.sum()) - 4) < 1e-4, w
     spread = float((end.double() - weighted).norm() / (start.double() - mean0).norm())
     assert spread < 1e-2, spread  # the models came together, the straggler's too
+    for r in range(4):
+        torch.testing.assert_close(res[r]["averaged"].double(), weighted, rtol=0, atol=1e-6)
     slow = res[SLOW]["steps"]
     assert slow <= SECONDS / SLEEP
     for r in (0, 1, 2):  # the fast ranks did not wait for rank 3

@@ -3,9 +3,11 @@
 Four ranks on a ring; rank 3 steps once for every four steps of the others and its links take
 6 ticks to deliver a message (the others' 1); a rank sends only on links that are free. The
 simulated mailbox delivers messages in order per link, at their arrival tick;
-:class:`~saddle_torch.gossip.pushsum.PushSum` (the code the optimizer runs) never waits. Pure gossip
-(no local updates): the mass in the models and on the wire is conserved at every tick, and after
-draining every model is the dense average of the starts.
+:class:`~saddle_torch.gossip.pushsum.PushSum` (the code the optimizer runs) never waits. In the
+first half every step also moves the rank's model by a local update (random, per rank and step),
+as an optimizer would; the second half is pure gossip. The mass in the models and on the wire is
+at every tick the starts' sum plus the sum of every local update so far (each counted once, whatever
+the rank's weight), and after draining every model is that dense average.
 """
 
 from __future__ import annotations
@@ -89,16 +91,25 @@ def test_push_sum_with_a_slow_rank_keeps_the_mass_and_reaches_the_dense_average(
     ring = [[(i - 1) % N, (i + 1) % N] for i in range(N)]
     ranks = [PushSum(boxes[i], ring[i], ring[i], DIM, torch.float64) for i in range(N)]
     steps = [0] * N
+    updates = torch.zeros(DIM, dtype=torch.float64)  # the sum of every local update
+    weights = set()
     for tick in range(ticks):
         net.now = tick
         for i in range(N):
             if i == SLOW and tick % 4:
                 continue  # the straggler steps four times slower
+            if tick < ticks // 2:  # the local update, before mixing (the optimizer's step)
+                delta = 0.1 * torch.randn(DIM, generator=g, dtype=torch.float64)
+                zs[i] += delta
+                updates += delta
             ranks[i].mix(zs[i], [(i - 1) % N, (i + 1) % N])
+            weights.add(round(ranks[i].w, 6))
             steps[i] += 1
         x, w = _mass(ranks, zs, net)
-        torch.testing.assert_close(x, dense * N, rtol=0, atol=1e-12)  # nothing created or lost
+        torch.testing.assert_close(x, dense * N + updates, rtol=0, atol=1e-10)  # nothing created or lost
         assert abs(w - N) < 1e-12
+    dense = dense + updates / N
+    assert len(weights) > 10  # the weights really moved away from 1: a plain average would be wrong
     assert steps[0] == ticks and steps[SLOW] == ticks // 4  # the others never waited for it
     spread_live = max(float((z - dense).abs().max()) for z in zs)
     net.now = float("inf")  # draining: everything on the wire arrives; the ranks poll in turns here
