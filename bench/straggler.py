@@ -187,6 +187,31 @@ def _table(results: dict[str, dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def plot_steps(results: dict[str, dict], path: Path) -> None:
+    """Each run's mean step per rank, as grouped bars (the straggler's effect on every rank)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = list(results)
+    n = len(results[tags[0]]["mean_step_s"])
+    width = 0.8 / len(tags)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for k, tag in enumerate(tags):
+        xs = [r + (k - (len(tags) - 1) / 2) * width for r in range(n)]
+        ax.bar(xs, results[tag]["mean_step_s"], width, label=tag)
+    ax.set_xticks(range(n), [f"rank {r}" for r in range(n)])
+    ax.set_ylabel("mean step, second half (s)")
+    ax.set_title("free-running q-saddle, 8 ranks, the CNN; straggler: rank 3's link at 10 Mbit/s")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylim(0, 1.25 * max(max(r["mean_step_s"]) for r in results.values()))
+    ax.legend(fontsize=7, ncol=min(4, len(tags)), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,6 +278,7 @@ def main() -> None:
             flush=True,
         )
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_steps(results, args.out / "steps.png")
     table = _table(results, args)
     (args.out / "results.md").write_text(table + "\n")
     print(table)
