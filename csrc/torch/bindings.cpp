@@ -206,11 +206,7 @@ void bind_mailbox(py::module_& m) {
       .def("recv", &st::Mailbox::recv, arg("peer"), arg("tensor"), nogil)
       .def("sent", &st::Mailbox::sent, arg("peer"), nogil)
       .def("received", &st::Mailbox::received, arg("peer"), nogil)
-      .def("wait_sent", &st::Mailbox::wait_sent, arg("peer"), nogil)
       .def("wait_received", &st::Mailbox::wait_received, arg("peer"), nogil)
-      .def("sends", &st::Mailbox::sends, arg("peer"), nogil)
-      .def("recvs", &st::Mailbox::recvs, arg("peer"), nogil)
-      .def("raise_if_failed", &st::Mailbox::raise_if_failed, nogil)
       .def("close", &st::Mailbox::close, nogil)
       .def_property_readonly("bytes_sent", &st::Mailbox::bytes_sent)
       .def_property_readonly("bytes_received", &st::Mailbox::bytes_received);

@@ -95,11 +95,7 @@ void Mailbox::run(Slot* s, int peer, bool send) {
       s->pending = false;
     }
     s->cv.notify_all();
-    if (!failure.empty()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (first_failure_.empty() && !failure.aborted) first_failure_ = failure;
-      return;  // the slot is unusable; raise_if_failed() reports it
-    }
+    if (!failure.empty()) return;  // the slot is unusable; sent()/received()/wait_received() raise it
   }
 }
 
@@ -121,29 +117,7 @@ void Mailbox::send(int peer, const at::Tensor& t) { post(peer, true, t); }
 void Mailbox::recv(int peer, const at::Tensor& t) { post(peer, false, t); }
 bool Mailbox::sent(int peer) { return idle(peer, true); }
 bool Mailbox::received(int peer) { return idle(peer, false); }
-void Mailbox::wait_sent(int peer) { wait_idle(peer, true); }
 void Mailbox::wait_received(int peer) { wait_idle(peer, false); }
-
-int64_t Mailbox::sends(int peer) {
-  Slot& s = slot(peer, true);
-  std::lock_guard<std::mutex> lock(s.mu);
-  return s.seq;
-}
-
-int64_t Mailbox::recvs(int peer) {
-  Slot& s = slot(peer, false);
-  std::lock_guard<std::mutex> lock(s.mu);
-  return s.seq;
-}
-
-void Mailbox::raise_if_failed() {
-  Failure failure;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    failure = first_failure_;
-  }
-  if (!failure.empty()) raise_failure(failure);
-}
 
 void Mailbox::close() {
   std::map<std::pair<int, bool>, std::unique_ptr<Slot>> slots;

@@ -40,14 +40,8 @@ class Mailbox {
   // Whether the last send to / receive from `peer` completed (true when none was posted).
   bool sent(int peer);
   bool received(int peer);
-  // Block until it has (bounded staleness; draining). Raise PeerError if it failed.
-  void wait_sent(int peer);
+  // Block until the last receive from `peer` completed (bounded staleness). Raise PeerError if it failed.
   void wait_received(int peer);
-  // Messages posted so far to / from `peer`.
-  int64_t sends(int peer);
-  int64_t recvs(int peer);
-  // Raises the first failure of any message as PeerError (a dead peer, the timeout).
-  void raise_if_failed();
   // Aborts everything in flight and joins the waiters (idempotent); later calls raise.
   void close();
   int64_t bytes_sent() const { return bytes_sent_.load(); }
@@ -75,10 +69,9 @@ class Mailbox {
 
   c10::intrusive_ptr<c10d::Backend> backend_;
   std::chrono::milliseconds timeout_;
-  std::mutex mu_;  // guards slots_, closed_, first_failure_
+  std::mutex mu_;  // guards slots_, closed_
   std::map<std::pair<int, bool>, std::unique_ptr<Slot>> slots_;
   bool closed_ = false;
-  Failure first_failure_;
   std::atomic<int64_t> bytes_sent_{0};
   std::atomic<int64_t> bytes_received_{0};
 };

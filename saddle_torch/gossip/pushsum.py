@@ -45,14 +45,8 @@ class Transport(Protocol):
     def received(self, peer: int) -> bool:
         """Whether the last receive from ``peer`` completed."""
 
-    def wait_sent(self, peer: int) -> None:
-        """Block until the last send to ``peer`` completed."""
-
     def wait_received(self, peer: int) -> None:
-        """Block until the last receive from ``peer`` completed."""
-
-    def raise_if_failed(self) -> None:
-        """Raise the first failure (``PeerError``)."""
+        """Block until the last receive from ``peer`` completed (``PeerError`` if it failed)."""
 
 
 # A rank keeps its mass below this push-sum weight (1 at the start, near 1 while every rank sends):

@@ -107,3 +107,33 @@ def run_ranks(
     if errors:
         raise RankFailure("\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(errors.items())))
     return results
+
+
+def resume_train(model: Any, opt: Any, *, path: str, rank: int, start: int, stop: int, mode: str) -> None:
+    """Steps ``start``..``stop`` of a checkpoint test on 8×6 random batches seeded by rank and step.
+
+    Loads ``path`` first when ``start > 0``; with ``mode == "save-and-die"`` saves it after the last
+    step, waits for every rank and exits the process at once (a kill after the save).
+    """
+    import torch
+    import torch.distributed as dist
+
+    import saddle_torch as st
+
+    if start > 0:
+        st.load_checkpoint(path, model, opt)
+    for step in range(start, stop):
+        g = torch.Generator().manual_seed(10 * rank + step)
+        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    if mode == "save-and-die":
+        st.save_checkpoint(path, model, opt)
+        dist.barrier()
+        os._exit(0)

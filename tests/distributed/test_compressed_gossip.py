@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 import torch
-from harness import run_ranks
+from harness import resume_train, run_ranks
 
 import saddle_torch as st
 from saddle_torch.compression import Compression
@@ -147,10 +147,6 @@ def test_optimizer_primes_choco_at_construction_only_for_a_common_model(same) ->
 def _choco_phase(
     rank: int, world: int, path: str, start: int, stop: int, mode: str, topology: str = "ring"
 ) -> list | None:
-    import os
-
-    import torch.distributed as dist
-
     st.init(topology=topology, timeout=timedelta(seconds=60))
     torch.manual_seed(rank)  # different models: CHOCO starts from 0 and its state matters
     model = torch.nn.Linear(6, 3)
@@ -161,23 +157,7 @@ def _choco_phase(
         order="atc",
         compression="int8",
     )
-    if start > 0:
-        st.load_checkpoint(path, model, opt)
-    for step in range(start, stop):
-        g = torch.Generator().manual_seed(10 * rank + step)
-        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
-
-        def closure(x=x, y=y):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-    if mode == "save-and-die":
-        st.save_checkpoint(path, model, opt)
-        dist.barrier()
-        os._exit(0)
+    resume_train(model, opt, path=path, rank=rank, start=start, stop=stop, mode=mode)
     ctx = st.gossip.current()
     name = opt.saddle.name(next(iter(opt.saddle.flat.buffers)))
     states = [t for key in ctx.choco.keys(name) for t in ctx.choco.get(key)]  # one (x̂, s) per phase

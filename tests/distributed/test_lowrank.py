@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 import torch
-from harness import run_ranks
+from harness import resume_train, run_ranks
 
 import saddle_torch as st
 from saddle_torch import _ops
@@ -120,33 +120,13 @@ def test_low_rank_gossip_equals_the_per_edge_power_iteration(topology: str, comp
 
 
 def _lowrank_phase(rank: int, world: int, path: str, start: int, stop: int, mode: str) -> list | None:
-    import os
-
-    import torch.distributed as dist
-
     st.init(topology="one_peer_exponential", timeout=timedelta(seconds=60))
     torch.manual_seed(rank)  # different models: the factors and the models' differences matter
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     opt = st.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1), model, algorithm="q-saddle", compression="lowrank:1"
     )
-    if start > 0:
-        st.load_checkpoint(path, model, opt)
-    for step in range(start, stop):
-        g = torch.Generator().manual_seed(10 * rank + step)
-        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
-
-        def closure(x=x, y=y):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-    if mode == "save-and-die":
-        st.save_checkpoint(path, model, opt)
-        dist.barrier()
-        os._exit(0)
+    resume_train(model, opt, path=path, rank=rank, start=start, stop=stop, mode=mode)
     ctx = st.gossip.current()
     (state,) = ctx.lowrank.values()
     factors = [t for _, f in sorted(state.edges.items()) for t in f.p + f.q]

@@ -58,14 +58,8 @@ class Mailbox:
             slot[1] = True
         return slot[1]
 
-    def wait_sent(self, peer: int) -> None:
-        raise AssertionError("push-sum never blocks on a send")
-
     def wait_received(self, peer: int) -> None:
         assert self.received(peer), "nothing left to wait for"
-
-    def raise_if_failed(self) -> None:
-        pass
 
 
 def _mass(ranks: list[PushSum], zs: list[torch.Tensor], net: Net) -> tuple[torch.Tensor, float]:
