@@ -7,7 +7,7 @@ STAMP := $(BUILD)/.installed
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all install deps native core-test py-test test demo demo-digits bench bench-cluster study study-ablation fuzz lint format clean
+.PHONY: all install deps native core-test py-test test test-quick install-check demo demo-digits bench bench-cluster study study-ablation fuzz lint format clean
 
 all: install
 
@@ -41,6 +41,16 @@ py-test: install
 	$(PYTHON) -m pytest -q tests/unit tests/distributed
 
 test: install core-test py-test
+
+# The inner loop (under 2 minutes once built): the C++ core, the unit tests, and one multi-process check
+# (real ranks over Gloo: a gossip round against the dense W·X). CI runs the whole suite (make test).
+test-quick: install core-test
+	$(PYTHON) -m pytest -q tests/unit "tests/distributed/test_gossip.py::test_one_round_equals_dense_WX"
+
+# pip install as a user does it, in fresh virtual environments (python -m build, the wheel elsewhere,
+# README's training block under torchrun); about 5 minutes (one compile). CI runs it after make test.
+install-check:
+	bash .ci/clean_venv.sh
 
 # The demo: Fashion-MNIST (Debian's dataset-fashion-mnist) split over 8 ranks on a ring by Dirichlet
 # α = 0.01, trained by dsgd, qgm, q-saddle and q-saddle with int8 gossip (about 4.5 minutes on 2 cores);

@@ -1,18 +1,32 @@
 """Builds saddle_torch and its native extension saddle_torch._C.
 
 The torch-free core (csrc/core) is compiled into the extension here and, separately, into a static
-library with its GoogleTest suite by CMakeLists.txt. Build with ``pip install --no-build-isolation -e .``
-so the extension compiles against the torch already installed (an isolated build would fetch another).
+library with its GoogleTest suite by CMakeLists.txt. The extension compiles against the torch already
+installed: ``pip install .`` finds it through the in-tree backend (buildtools/saddle_build_backend.py)
+even in an isolated build; ``pip install --no-build-isolation -e .`` is the developer's build. The torch
+version it was compiled against is written to ``saddle_torch/_build_info.py`` (checked at import) and
+becomes the wheel's torch requirement (same major.minor).
 """
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "saddle_torch" / "_version.py").read_text())[1]
+TORCH_MAJOR_MINOR = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+# Read at import (saddle_torch/_native.py): an extension compiled for another torch is named as such.
+# Written into the source package so that wheels and editable installs both carry it (not in git).
+(ROOT / "saddle_torch" / "_build_info.py").write_text(
+    '"""Written by setup.py: the torch saddle_torch._C was compiled against (not in git)."""\n\n'
+    f'TORCH_VERSION = "{torch.__version__}"\n'
+)
 
 
 def _sources() -> list[str]:
@@ -49,11 +63,12 @@ class _Build(BuildExtension):
 
 setup(
     name="saddle_torch",
-    version="0.1.0",
+    version=VERSION,
     description="Sharpness-aware decentralized training (SADDLe) for PyTorch: gossip over Gloo",
     packages=find_packages(include=["saddle_torch", "saddle_torch.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
+    # the extension is compiled against one torch: a wheel installs next to that major.minor only
+    install_requires=[f"torch=={TORCH_MAJOR_MINOR}.*", "numpy"],
     extras_require={
         # saddle_torch.lightning.SaddleStrategy
         "lightning": ["lightning>=2.4"],

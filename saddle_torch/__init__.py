@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 
 from saddle_torch import _log, backend, compression, errors, hooks, topology
+from saddle_torch._version import __version__ as __version__
 from saddle_torch.api.broadcast import broadcast_parameters
 from saddle_torch.api.init import at_exit, init, is_initialized, shutdown
 from saddle_torch.api.primitives import (
@@ -45,8 +46,6 @@ from saddle_torch.flat import FlatParameters
 from saddle_torch.frameworks import Decentralized
 from saddle_torch.gossip import GossipContext, GossipHandle
 from saddle_torch.optim import ALGORITHMS, DistributedOptimizer
-
-__version__ = "0.1.0"
 
 _log.configure_from_env()
 backend.register()  # torch.distributed backend "saddle"

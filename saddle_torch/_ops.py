@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import torch
 import torch.distributed  # noqa: F401 - registers c10d::Backend with pybind11, the base of SaddleBackend
+
+from saddle_torch._native import extension_error
 
 try:
     from saddle_torch import _C
-except ImportError as exc:  # pragma: no cover - only without a build
-    raise ImportError(
-        "saddle_torch's native extension is not built: run `pip install --no-build-isolation -e .` "
-        "in the repository (or `make install`)"
-    ) from exc
+except ImportError as exc:
+    raise extension_error(exc, torch.__version__) from exc
 
 NativeTopology = _C.Topology
 GossipEngine = _C.GossipEngine
