@@ -313,6 +313,13 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         max_staleness=max_staleness,
     )
     recipe.check(options, optimizer)
+    if ctx.elastic is not None and max_staleness is not None:
+        raise ValueError(
+            f"asynchronous gossip (max_staleness={max_staleness}) is not supported under "
+            "init(elastic=True): its ranks run any number of steps apart and its messages in flight "
+            "belong to the old membership, while a membership change lines every survivor up at one "
+            "step; use synchronous gossip (max_staleness=None) for elastic jobs"
+        )
     if ctx.elastic is not None and ctx.names.prefixes("opt"):
         raise ValueError(
             "elastic training supports one DistributedOptimizer per job (every survivor must line up "

@@ -122,10 +122,10 @@ def test_push_sum_with_a_slow_rank_keeps_the_mass_and_reaches_the_dense_average(
     assert all(not queue for queue in net.wire.values())
 
 
-def test_asynchronous_gossip_refuses_what_needs_synchronous_rounds() -> None:
+def test_asynchronous_gossip_refuses_what_needs_synchronous_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     import saddle_torch as st
 
-    st.init()
+    ctx = st.init()
     model = torch.nn.Linear(4, 2)
 
     def wrap(**options):
@@ -137,3 +137,8 @@ def test_asynchronous_gossip_refuses_what_needs_synchronous_rounds() -> None:
         wrap(algorithm="n-saddle", max_staleness=4)
     with pytest.raises(ValueError, match="max_staleness must be None or ≥ 0"):
         wrap(algorithm="dsgd", max_staleness=-1)
+    # an elastic job lines its survivors up at one step after a membership change (its runtime is
+    # only read for being there before anything is built)
+    monkeypatch.setattr(ctx, "elastic", object())
+    with pytest.raises(ValueError, match=r"not supported under init\(elastic=True\)"):
+        wrap(algorithm="dsgd", max_staleness=float("inf"))
