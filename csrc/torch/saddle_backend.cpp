@@ -1,6 +1,7 @@
 #include "torch/saddle_backend.h"
 
 #include <ATen/core/ivalue.h>
+#include <pybind11/pybind11.h>
 
 #include "core/check.h"
 
@@ -9,6 +10,21 @@ namespace saddle::torch_ext {
 SaddleBackend::SaddleBackend(c10::intrusive_ptr<c10d::Backend> inner, double timeout_seconds)
     : c10d::Backend(inner->getRank(), inner->getSize()), inner_(std::move(inner)), timeout_seconds_(timeout_seconds) {
   SADDLE_CHECK_ARG(inner_, "the saddle backend needs an inner Gloo backend");
+}
+
+// The inner ProcessGroupGloo joins its worker threads when it is destroyed, and a worker that finishes a
+// work item releases that item's tensors, whose Python objects need the GIL. DDP's Reducer drops the
+// last reference to this backend from pybind's deallocator, holding the GIL: joining there deadlocked
+// (1 run in 3 of a DDP loop on this backend that ended with an all_gather, the main thread in
+// ~ProcessGroupGloo's join, the worker in ~AsyncAllgatherWork waiting for the GIL). So the inner
+// backend is released with the GIL let go when this thread holds it.
+SaddleBackend::~SaddleBackend() {
+  if (Py_IsInitialized() && PyGILState_Check()) {
+    pybind11::gil_scoped_release nogil;
+    inner_.reset();
+  } else {
+    inner_.reset();
+  }
 }
 
 c10::intrusive_ptr<c10d::Work> SaddleBackend::allreduce(std::vector<at::Tensor>& tensors,

@@ -15,6 +15,8 @@ class SaddleBackend : public c10d::Backend {
  public:
   // `timeout_seconds`: the group's timeout, which the gossip context of its DDP models uses too.
   SaddleBackend(c10::intrusive_ptr<c10d::Backend> inner, double timeout_seconds);
+  // Releases the inner Gloo backend without the GIL (see the definition).
+  ~SaddleBackend() override;
 
   const std::string getBackendName() const override { return "saddle"; }
   double timeout_seconds() const { return timeout_seconds_; }
