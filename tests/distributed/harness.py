@@ -39,6 +39,24 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, out: Any, a
         out.put((rank, "error", traceback.format_exc()))
 
 
+_CONTEXT: Any = None
+
+
+def _context() -> Any:
+    """Ranks forked from a server that has imported torch, torch._dynamo and saddle_torch once.
+
+    A spawned rank imports torch (1.5 s of CPU) and, at its first optimizer, torch._dynamo (another
+    1.3 s: ``Optimizer.__init__`` is wrapped by ``torch._disable_dynamo``): more CPU than most tests'
+    training. The fork server pays both once per session; every rank is a fresh fork of it (no state
+    of an earlier test's ranks), single-threaded when forked, and sets its own environment as before.
+    """
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = mp.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["torch", "torch._dynamo", "saddle_torch", "harness"])
+    return _CONTEXT
+
+
 class RankFailure(AssertionError):
     """One or more ranks raised; carries every rank's traceback."""
 
@@ -58,7 +76,7 @@ def run_ranks(
     ``RankFailure`` if any rank raised, and ``TimeoutError`` if ranks are still running after
     ``timeout`` seconds (they are killed).
     """
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     out = ctx.Queue()
     port = free_port()
     procs = [

@@ -4,7 +4,7 @@ Before the fix, ``dist.destroy_process_group()`` after ``st.init()`` aborted abo
 "terminate called without an active exception": the engine's worker thread dropped the last
 reference to a finished round while Python finalized, the tensor it released asked for the GIL, and
 CPython ends such threads with pthread_exit, which unwinds through a noexcept destructor. Each run is a
-real torchrun job of 2 ranks (scripts/exit_loop.py).
+real job of 2 ranks in torchrun's environment (scripts/exit_loop.py).
 """
 
 from __future__ import annotations
@@ -15,15 +15,54 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness import free_port
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "exit_loop.py"
-ABORTS = ("terminate called", "Fatal Python error", "exitcode: -6", "Aborted")
+ABORTS = ("terminate called", "Fatal Python error", "exit code -6", "Aborted")
 
 
 def _torchrun(mode: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return subprocess.run([*cmd, str(SCRIPT), mode], env=env, capture_output=True, text=True, timeout=timeout)
+    """One job of 2 ranks, started as torchrun starts them (its environment) without torchrun's agent.
+
+    The agent is a third Python process importing torch: a third of each run's CPU, and nothing of
+    what is tested here (how the ranks' own processes end). An abort shows as a rank's SIGABRT (−6).
+    """
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            TORCHELASTIC_RUN_ID="exit-test",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(SCRIPT), mode],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs, codes = [], []
+    for proc in procs:
+        try:
+            outs.append(proc.communicate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        codes.append(proc.returncode)
+    stdout = "".join(o for o, _ in outs)
+    stderr = "".join(f"[rank {r}] exit code {c}\n{e}" for r, ((_, e), c) in enumerate(zip(outs, codes)))
+    worst = next((c for c in codes if c != 0), 0)
+    return subprocess.CompletedProcess(procs[0].args, worst, stdout, stderr)
 
 
 def _aborted(out: subprocess.CompletedProcess) -> list[str]:
