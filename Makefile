@@ -53,7 +53,8 @@ install-check:
 	bash .ci/clean_venv.sh
 
 # The demo: Fashion-MNIST (Debian's dataset-fashion-mnist) split over 8 ranks on a ring by Dirichlet
-# α = 0.01, trained by dsgd, qgm, q-saddle and q-saddle with int8 gossip (about 4.5 minutes on 2 cores);
+# α = 0.01, trained by dsgd, qgm, q-saddle and q-saddle with int8 gossip, 400 gradient evaluations per
+# rank each (about 4 minutes on 2 cores after the build);
 # demo-digits: the same four on scikit-learn's digits, 4 ranks (quicker). NPROC=… on the command line
 # sets the ranks, DEMO_ARGS=… adds flags (e.g. "--seed 1"). Table and plot: runs/demo/.
 DEMO_NPROC = $(if $(filter-out file default,$(origin NPROC)),--nproc $(NPROC))

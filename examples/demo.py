@@ -1,6 +1,6 @@
 """``make demo``: what SADDLe is for: decentralized training on very non-IID data, compressed or not.
 
-    python examples/demo.py                    # Fashion-MNIST, Dirichlet α = 0.01, 8 ranks, ring (~5 min)
+    python examples/demo.py                    # Fashion-MNIST, Dirichlet α = 0.01, 8 ranks, ring (4 min)
     python examples/demo.py --dataset digits   # scikit-learn digits, α = 0.01, 4 ranks (the quick variant)
     python examples/demo.py --configs dsgd q-saddle --seed 1 -- --topology exponential
 
@@ -13,10 +13,16 @@ draw per class (most ranks hold one or two classes), each rank gossiping with it
 - ``q-saddle@int8``: the same with int8-compressed gossip (CHOCO error feedback, about 4× fewer bytes).
 
 The settings are ``bench/study.py``'s (CNN width 16, SGD lr 0.05 with a cosine schedule, ρ = 0.05) with
-batch 16 per rank and 200 steps (0.43 epoch) instead of batch 32 and two epochs, so that the four runs
-take about 4.5 minutes on 2 cores (264 s measured on seed 0). On seeds 0 and 1 the averaged model
-reached 48.6 / 52.3% with dsgd, 64.1 / 66.5% with qgm, 72.9 / 70.0% with q-saddle and 72.3 / 69.5% with
-q-saddle@int8 (docs/RESULTS.md has the two-epoch study: 62.7, 72.5 and 75.0%).
+batch 16 per rank. **Like for like**: every run gets the same 400 gradient evaluations per rank, so
+the SAM configurations (two per step) take 200 steps and dsgd and qgm 400 (``--steps N`` gives every
+run N steps instead); the plot's x-axis is gradient evaluations and the table says how many each run
+used. Ranks score 500 of their own training images at each evaluation (``--train-eval-samples``:
+scoring whole shards cost more than the training). Measured on 2 cores (AMD EPYC), seed 0: the four
+runs in 240 s; the averaged model reached 53.6% with dsgd, 72.3% with qgm, 72.9% with q-saddle and
+72.3% with q-saddle@int8, which sent 3.9× fewer bytes than q-saddle and 7.9× fewer than qgm (seed 1,
+217 s: 44.0 / 70.5 / 70.0 / 69.5%). At equal compute q-saddle matches qgm (±0.5 points) with half
+the gossip rounds and bytes; at equal rounds it leads: qgm's averaged model at its step 200 scored
+63.6 / 65.4%.
 
 One ``torchrun --standalone`` job (offline, CPU, one thread per rank) trains the configurations
 (``algorithm[@codec]``) one after another with ``examples/train.py``'s ``run``, each preceded by the
@@ -48,13 +54,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "alpha": 0.01,
         "configs": ["dsgd", "qgm", "q-saddle", "q-saddle@int8"],
         "epochs": 1.0,
-        "steps": 200,
+        "steps": 0,
+        "grad_evals": 400,
         "batch_size": 16,
+        "model": "cnn",
         "width": 16,
         "lr": 0.05,
         "schedule": "cosine",
         "eval_every": 50,
         "eval_samples": 500,
+        "train_eval_samples": 500,
     },
     "digits": {
         "nproc": 4,
@@ -62,12 +71,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "configs": ["dsgd", "qgm", "q-saddle", "q-saddle@int8"],
         "epochs": 10.0,
         "steps": 0,
+        "grad_evals": 0,
         "batch_size": 32,
+        "model": "cnn",
         "width": 32,
         "lr": 0.05,
         "schedule": "constant",
         "eval_every": 0,
         "eval_samples": 0,
+        "train_eval_samples": 0,
     },
 }
 
@@ -98,6 +110,32 @@ def run_dir(out: Path, config: str) -> Path:
     return out / config.replace("@", "_").replace(":", "")
 
 
+def evaluations_per_step(algorithm: str) -> int:
+    """Gradient evaluations one step of ``algorithm`` takes per rank: 2 with SAM, 1 without.
+
+    Raises:
+        ValueError: a cross-gradient algorithm (ngm, n-saddle: one more per neighbour); give --steps.
+    """
+    import saddle_torch as st
+
+    phases = {p.__name__ for p in st.ALGORITHMS[algorithm].phases}
+    if "CrossGradients" in phases:
+        raise ValueError(
+            f"{algorithm} evaluates cross-gradients on its neighbours' models: an equal gradient "
+            "budget depends on the topology; give --steps instead of --grad-evals"
+        )
+    return 2 if "Sam" in phases else 1
+
+
+def steps_of(config: str, args: argparse.Namespace) -> int:
+    """Steps of one configuration: ``--steps``, or ``--grad-evals`` divided by its evaluations per step."""
+    if args.steps:
+        return args.steps
+    if args.grad_evals:
+        return args.grad_evals // evaluations_per_step(split_config(config)[0])
+    return 0  # all of --epochs
+
+
 def train_flags(config: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
     """The ``examples/train.py`` flags of one configuration (``extra`` last, so it overrides)."""
     algorithm, codec = split_config(config)
@@ -107,14 +145,16 @@ def train_flags(config: str, args: argparse.Namespace, extra: list[str]) -> list
         "--algorithm": algorithm,
         "--compression": codec,
         "--epochs": args.epochs,
-        "--max-steps": args.steps,
+        "--max-steps": steps_of(config, args),
         "--batch-size": args.batch_size,
         "--lr": args.lr,
+        "--model": args.model,
         "--width": args.width,
         "--seed": args.seed,
         "--schedule": args.schedule,
         "--eval-every": args.eval_every,
         "--eval-samples": args.eval_samples,
+        "--train-eval-samples": args.train_eval_samples,
         "--out": run_dir(Path(args.out), config),
     }
     argv: list[str] = []
@@ -168,14 +208,15 @@ def table(logs: dict[str, dict[str, Any]]) -> str:
     """The final results of every run, one row per configuration."""
     width = max(13, *(len(c) for c in logs))
     head = (
-        f"{'configuration':<{width}} {'avg-model acc':>13} {'mean rank acc':>13} {'min rank acc':>12} "
-        f"{'consensus':>10} {'MiB/rank':>9} {'wall s':>7}"
+        f"{'configuration':<{width}} {'steps':>5} {'grad evals':>10} {'avg-model acc':>13} "
+        f"{'mean rank acc':>13} {'min rank acc':>12} {'consensus':>10} {'MiB/rank':>9} {'wall s':>7}"
     )
     lines = [head, "-" * len(head)]
     for config, log in logs.items():
-        f = log["final"]
+        f, last = log["final"], log["records"][-1]
         lines.append(
-            f"{config:<{width}} {100 * f['test_acc_avg_model']:>12.2f}% "
+            f"{config:<{width}} {last['step']:>5} {last.get('grad_evals', 0):>10} "
+            f"{100 * f['test_acc_avg_model']:>12.2f}% "
             f"{100 * f['test_acc_mean_rank']:>12.2f}% "
             f"{100 * f['test_acc_min_rank']:>11.2f}% {f['consensus_distance']:>10.2e} "
             f"{f['mib_sent_per_rank']:>9.1f} {f['wall_time_s']:>7.1f}"
@@ -220,16 +261,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, help="Dirichlet concentration (default 0.01)")
     parser.add_argument("--epochs", type=float, help="passes over the training set, summed over ranks")
     parser.add_argument(
+        "--grad-evals",
+        type=int,
+        help="gradient evaluations per rank for every run (like for like: a SAM step takes two, so "
+        "dsgd and qgm take twice the steps of q-saddle); the lr schedule spans each run's steps",
+    )
+    parser.add_argument(
         "--steps",
         type=int,
-        help="stop each run after this many steps (0: all of --epochs); the lr schedule spans them",
+        help="the same number of steps for every run instead of --grad-evals (0: all of --epochs)",
     )
+    parser.add_argument("--model", choices=("mlp", "cnn"), help="the model (mlp: hidden width --width)")
     parser.add_argument("--batch-size", type=int, help="per rank")
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--width", type=int, help="cnn width (compute grows as width²)")
+    parser.add_argument("--width", type=int, help="mlp: hidden units; cnn: channels (compute ∝ width²)")
     parser.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule")
     parser.add_argument("--eval-every", type=int, help="steps between evaluations (0: once per epoch)")
     parser.add_argument("--eval-samples", type=int, help="test samples scored during training (0: all)")
+    parser.add_argument(
+        "--train-eval-samples",
+        type=int,
+        help="training samples per rank scored at each evaluation (0: the whole shard, which with the cnn "
+        "cost more than the training itself)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="model init, data split and shuffling")
     parser.add_argument("--out", default="runs/demo")
     args = parser.parse_args(argv)
@@ -239,7 +293,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for config in args.configs:
         try:
             split_config(config)
-        except ValueError as e:
+            steps_of(config, args)
+        except (ValueError, KeyError) as e:
             parser.error(str(e))
     return args
 
@@ -258,9 +313,11 @@ def main() -> None:
     first = next(iter(logs.values()))
     out = Path(args.out)
     _train_module().plot_runs(
-        {c: log["records"] for c, log in logs.items()}, out / "plot.png", first["title"]
+        {c: log["records"] for c, log in logs.items()}, out / "plot.png", first["title"], x="grad_evals"
     )
-    epochs = f"{first['total_steps']} steps ({first['total_steps'] / first['steps_per_epoch']:.2g} epochs)"
+    steps = f"{first['total_steps']} steps ({first['total_steps'] / first['steps_per_epoch']:.2g} epochs)"
+    budget = f"{args.grad_evals} gradient evaluations per rank" if args.grad_evals and not args.steps else ""
+    epochs = budget or steps
     heading = (
         f"{first['title']}, {epochs}, batch {args.batch_size} per rank, lr {args.lr:g} {args.schedule}, "
         f"seed {args.seed}"

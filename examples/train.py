@@ -280,11 +280,21 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
 
 
 def make_closure(
-    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    calls: list[int] | None = None,
 ) -> Callable[[], torch.Tensor]:
-    """The closure of one step: zero the gradients, cross-entropy on ``(x, y)``, backward, return the loss."""
+    """The closure of one step: zero the gradients, cross-entropy on ``(x, y)``, backward, return the loss.
+
+    ``calls[0]`` (when given) counts the gradient evaluations the optimizer asks for: one per step for
+    dsgd and qgm, two for the SAM algorithms, more with cross-gradients.
+    """
 
     def closure() -> torch.Tensor:
+        if calls is not None:
+            calls[0] += 1
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
@@ -689,8 +699,13 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    """Test accuracy (averaged model, mean per-rank) and consensus distance over steps, one line per run."""
+def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str, x: str = "step") -> None:
+    """Test accuracy (averaged model, mean per-rank) and consensus distance, one line per run.
+
+    ``x``: ``"step"``, or ``"grad_evals"`` (gradient evaluations per rank: like for like between SAM
+    algorithms, which take two per step, and those that take one).
+    """
+    xlabel = {"step": "step", "grad_evals": "gradient evaluations per rank"}[x]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -699,7 +714,7 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> 
     fig, (ax_acc, ax_cons) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (label, records) in enumerate(runs.items()):
         color = f"C{i}"
-        steps = [r["step"] for r in records]
+        steps = [r.get(x, r["step"]) for r in records]
         ax_acc.plot(
             steps,
             [100 * r["test_acc_avg_model"] for r in records],
@@ -720,10 +735,10 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> 
         ]
         if pos:
             ax_cons.plot(*zip(*pos, strict=True), color=color, label=label)
-    ax_acc.set(xlabel="step", ylabel="test accuracy (%)", title="test accuracy")
+    ax_acc.set(xlabel=xlabel, ylabel="test accuracy (%)", title="test accuracy")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(fontsize=8)
-    ax_cons.set(xlabel="step", ylabel="(1/n) Σ‖x_i − x̄‖²", title="consensus distance", yscale="log")
+    ax_cons.set(xlabel=xlabel, ylabel="(1/n) Σ‖x_i − x̄‖²", title="consensus distance", yscale="log")
     ax_cons.grid(alpha=0.3, which="both")
     if ax_cons.lines:
         ax_cons.legend(fontsize=8)
@@ -899,6 +914,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
             "test_samples_avg_model": len((full_test if final else test).tensors[1]),
             "test_samples_ranks": len(test.tensors[1]),
             "train_time_s": train_time,
+            "grad_evals": step * per_step,  # per rank, since step 0 (a resumed run counts its past too)
         }
         records.append(rec)
         losses.clear()
@@ -908,6 +924,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         if rank == 0:
             write_outputs(log, out, final=False)
 
+    calls, per_step = [0], 0  # gradient evaluations per step (the closure counts them)
     if step == 0:
         record()
     while step < total:
@@ -917,7 +934,8 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         for group in opt.param_groups:
             group["lr"] = learning_rate(args, step, total)
 
-        loss = opt.step(make_closure(model, opt, x, y)).item()
+        loss = opt.step(make_closure(model, opt, x, y, calls)).item()
+        per_step = per_step or calls[0]  # measured on the first step this process takes
         if not math.isfinite(loss):
             raise FloatingPointError(f"rank {rank}: loss is {loss} at step {step}; lower --lr")
         losses.append(loss)

@@ -167,6 +167,11 @@ def test_demo_presets_and_configs():
     assert _example("train").parse_args(flags).alpha == 0.01  # train.py accepts what the demo passes
     with pytest.raises(SystemExit):
         demo.parse_args(["--configs", "q-saddle@"])
+    # like for like: the same gradient evaluations per rank, so a SAM step (two) gets half the steps
+    assert [demo.steps_of(c, args) for c in args.configs] == [400, 400, 200, 200]
+    assert demo.steps_of("q-saddle", demo.parse_args(["--steps", "50"])) == 50  # equal steps instead
+    with pytest.raises(SystemExit):  # cross-gradients: the budget would depend on the topology
+        demo.parse_args(["--configs", "n-saddle"])
 
 
 def _demo_worker(rank: int, world: int, jobs: str) -> None:
@@ -218,9 +223,12 @@ def test_demo_compares_four_configurations(tmp_path):
     for config in DEMO_CONFIGS:
         assert 0 <= runs[config]["test_acc_min_rank"] <= runs[config]["test_acc_mean_rank"] <= 1
         assert runs[config]["step"] == 7
-        assert re.search(rf"^{re.escape(config)} +\d+\.\d\d% ", proc.stdout, re.M), config  # a table row
+        per_step = 2 if config.startswith("q-saddle") else 1  # SAM: two gradient evaluations per step
+        row = rf"^{re.escape(config)} +7 +{7 * per_step} +\d+\.\d\d% "  # steps, gradient evaluations
+        assert re.search(row, proc.stdout, re.M), config
         log = json.loads((demo_dir := out / config.replace("@", "_") / "log.json").read_text())
         assert [r["step"] for r in log["records"]] == [0, 3, 6, 7], demo_dir
+        assert [r["grad_evals"] for r in log["records"]] == [0, 3 * per_step, 6 * per_step, 7 * per_step]
     assert "q-saddle@int8 sent 3." in proc.stdout and "fewer bytes than q-saddle" in proc.stdout
     assert (out / "summary.txt").read_text().strip() in proc.stdout
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
