@@ -117,14 +117,16 @@ def evaluations_per_step(algorithm: str) -> int:
         ValueError: a cross-gradient algorithm (ngm, n-saddle: one more per neighbour); give --steps.
     """
     import saddle_torch as st
+    from saddle_torch.optim.ngm import CrossGradients
+    from saddle_torch.optim.sam import Sam
 
-    phases = {p.__name__ for p in st.ALGORITHMS[algorithm].phases}
-    if "CrossGradients" in phases:
+    phases = st.ALGORITHMS[algorithm].phases
+    if CrossGradients in phases:
         raise ValueError(
             f"{algorithm} evaluates cross-gradients on its neighbours' models: an equal gradient "
             "budget depends on the topology; give --steps instead of --grad-evals"
         )
-    return 2 if "Sam" in phases else 1
+    return 2 if Sam in phases else 1
 
 
 def steps_of(config: str, args: argparse.Namespace) -> int:

@@ -15,13 +15,13 @@ def built_against() -> str | None:
         return None
 
 
-def extension_error(exc: ImportError, running: str, built: str | None = ...) -> ImportError:  # type: ignore[assignment]
+def extension_error(exc: ImportError, running: str, built: str | None) -> ImportError:
     """The ImportError to raise when importing ``saddle_torch._C`` raised ``exc`` under torch ``running``.
 
-    Three causes are told apart: no build at all; a build against another torch (its undefined
-    symbols are the usual sign); a build against this torch that still fails (the loader's message).
+    ``built``: :func:`built_against`. Three causes are told apart: no build at all; a build against
+    another torch (its undefined symbols are the usual sign); a build against this torch that still
+    fails (the loader's message).
     """
-    built = built_against() if built is ... else built
     if built is None:
         return ImportError(
             "saddle_torch's native extension is not built: in the repository run `make install` (or "

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.distributed  # noqa: F401 - registers c10d::Backend with pybind11, the base of SaddleBackend
 
-from saddle_torch._native import extension_error
+from saddle_torch._native import built_against, extension_error
 
 try:
     from saddle_torch import _C
 except ImportError as exc:
-    raise extension_error(exc, torch.__version__) from exc
+    raise extension_error(exc, torch.__version__, built_against()) from exc
 
 NativeTopology = _C.Topology
 GossipEngine = _C.GossipEngine

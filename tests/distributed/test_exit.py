@@ -21,7 +21,7 @@ SCRIPT = Path(__file__).resolve().parent / "scripts" / "exit_loop.py"
 ABORTS = ("terminate called", "Fatal Python error", "exit code -6", "Aborted")
 
 
-def _torchrun(mode: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _job(mode: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """One job of 2 ranks, started as torchrun starts them (its environment) without torchrun's agent.
 
     The agent is a third Python process importing torch: a third of each run's CPU, and nothing of
@@ -73,7 +73,7 @@ def _aborted(out: subprocess.CompletedProcess) -> list[str]:
 def test_twenty_clean_exits_after_destroy_process_group() -> None:
     failures = []
     for run in range(20):
-        out = _torchrun("optimizer")
+        out = _job("optimizer")
         if out.returncode != 0 or _aborted(out):
             failures.append((run, out.returncode, _aborted(out), out.stderr[-1500:]))
     assert not failures, failures
@@ -82,7 +82,7 @@ def test_twenty_clean_exits_after_destroy_process_group() -> None:
 @pytest.mark.parametrize("mode", ["hook", "backend"])
 def test_ddp_ports_exit_cleanly(mode: str) -> None:
     for _ in range(3):
-        out = _torchrun(mode)
+        out = _job(mode)
         assert out.returncode == 0 and not _aborted(out), out.stderr[-2000:]
 
 
@@ -91,7 +91,7 @@ def test_ddp_ports_exit_cleanly(mode: str) -> None:
     [("raise", "an error of the user's script"), ("peer-dies", "PeerError")],
 )
 def test_failed_jobs_exit_with_their_exception_not_an_abort(mode: str, message: str) -> None:
-    out = _torchrun(mode)
+    out = _job(mode)
     assert out.returncode != 0
     assert message in out.stdout + out.stderr, out.stderr[-2000:]
     assert not _aborted(out), out.stderr[-2000:]
