@@ -101,6 +101,66 @@ SADDLE_HD float div_rn(float a, float b) {
   return is_nan(r) ? x86_nan(a, b) : r;
 }
 
+// ---- The same for double (the optimizer and mixing kernels run on float64 buffers too) ----
+
+SADDLE_HD uint64_t double_bits(double d) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double_as_longlong(d));
+#else
+  uint64_t u;
+  std::memcpy(&u, &d, 8);
+  return u;
+#endif
+}
+
+SADDLE_HD double bits_double(uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(u));
+#else
+  double d;
+  std::memcpy(&d, &u, 8);
+  return d;
+#endif
+}
+
+constexpr uint64_t kDefaultNanBits64 = 0xFFF8000000000000ull;
+constexpr uint64_t kQuietBit64 = 0x0008000000000000ull;
+
+SADDLE_HD bool is_nan(double d) { return (double_bits(d) & 0x7FFFFFFFFFFFFFFFull) > 0x7FF0000000000000ull; }
+
+SADDLE_HD double x86_nan(double a, double b) {
+  if (is_nan(a)) return bits_double(double_bits(a) | kQuietBit64);
+  if (is_nan(b)) return bits_double(double_bits(b) | kQuietBit64);
+  return bits_double(kDefaultNanBits64);
+}
+
+SADDLE_HD double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  const double r = __dadd_rn(a, b);
+#else
+  const double r = a + b;
+#endif
+  return is_nan(r) ? x86_nan(a, b) : r;
+}
+
+SADDLE_HD double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  const double r = __dsub_rn(a, b);
+#else
+  const double r = a - b;
+#endif
+  return is_nan(r) ? x86_nan(a, b) : r;
+}
+
+SADDLE_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  const double r = __dmul_rn(a, b);
+#else
+  const double r = a * b;
+#endif
+  return is_nan(r) ? x86_nan(a, b) : r;
+}
+
 // Little-endian byte access: a payload starts 48 bytes into a message of any alignment.
 SADDLE_HD void store_u16(uint8_t* p, uint16_t v) {
   p[0] = static_cast<uint8_t>(v);

@@ -14,39 +14,14 @@
 #include "core/codec/simd.h"
 #include "cuda/check.h"
 #include "cuda/codec.h"
+#include "device_buffer.h"
 
 namespace saddle::cuda {
 namespace {
 
 using codec::CodecSpec;
 
-bool have_device() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define SADDLE_REQUIRE_GPU() \
-  if (!have_device()) GTEST_SKIP() << "no CUDA device visible"
-
-template <typename T>
-struct DeviceBuffer {
-  explicit DeviceBuffer(size_t count) : count(count) {
-    SADDLE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), count * sizeof(T) + 1), "test buffer");
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const std::vector<T>& v) {
-    SADDLE_CUDA_CHECK(cudaMemcpy(ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  }
-  std::vector<T> download() const {
-    std::vector<T> v(count);
-    SADDLE_CUDA_CHECK(cudaMemcpy(v.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost), "download");
-    return v;
-  }
-  T* ptr = nullptr;
-  size_t count;
-};
+using testing::DeviceBuffer;
 
 std::vector<CodecSpec> device_specs() {
   return {CodecSpec::fp16(),        CodecSpec::bf16(),        CodecSpec::qsgd(2, 8), CodecSpec::qsgd(2, 256),
