@@ -44,6 +44,7 @@ OPTIONAL_FLAGS = (
     "sharpness_samples",
     "sharpness_rho",
     "hessian_iters",
+    "val_size",
 )
 # A configuration's baseline by algorithm: (baseline algorithm, threshold in points, claim).
 BASELINES = {
@@ -181,6 +182,143 @@ def _report(args: argparse.Namespace, results: dict[tuple[float, str], list[dict
                 f"| {statistics.mean(run_seconds(r) for r in runs):.0f} |"
             )
     lines += ["", claims_table(claims(results))]
+    chosen = validation_choice(results, default_rho=args.rho if args.rho is not None else DEFAULT_RHO)
+    if chosen:
+        lines += ["", validation_table(chosen)]
+    return "\n".join(lines)
+
+
+DEFAULT_RHO = 0.05  # examples/train.py's --rho
+
+
+def rho_of(config: str, default_rho: float) -> tuple[str, float]:
+    """``config`` without its ``+rho=`` extra, and that ρ (``default_rho`` when it has none)."""
+    head, *extras = config.split("+")
+    rho, kept = default_rho, []
+    for extra in extras:
+        key, _, value = extra.partition("=")
+        if key == "rho":
+            rho = float(value)
+        else:
+            kept.append(extra)
+    return "+".join([head, *kept]), rho
+
+
+def validation_choice(
+    results: dict[tuple[float, str], list[dict]], *, default_rho: float = DEFAULT_RHO
+) -> list[dict]:
+    """ρ chosen on the validation split, then judged on the test set (runs with ``--val-size``).
+
+    Configurations that differ only in ``+rho=`` form a family (``q-saddle``, ``q-saddle+rho=0.1``,
+    ...). For each family and α with at least two ρ whose runs all have ``val_acc_avg_model``, the ρ
+    with the best mean validation accuracy over seeds is chosen (ties: the smaller ρ); the family is
+    also chosen once over every α together (the mean over α of those means), the value a default
+    would take. Each choice is then compared with the family's baseline (:func:`baseline_of`) on the
+    **test** set, paired by seed.
+
+    Returns:
+        One dict per (family, α) and per family over all α (``alpha`` = ``"all"``): ``family``,
+        ``val`` (ρ → mean validation accuracy, points), ``chosen`` (ρ), ``test`` (test accuracy at the
+        chosen ρ, points, seed order), ``baseline``, ``differences`` (points, paired seeds), ``claim``,
+        ``met`` and ``seeds``; the rows over all α list one difference per (α, seed).
+    """
+    families: dict[tuple[float, str], dict[float, list[dict]]] = {}
+    for (alpha, config), runs in results.items():
+        if not runs or any(r["final"].get("val_acc_avg_model") is None for r in runs):
+            continue
+        family, rho = rho_of(config, default_rho)
+        families.setdefault((alpha, family), {})[rho] = runs
+    rows: list[dict] = []
+    by_family: dict[str, dict[float, dict[float, float]]] = {}
+    for (alpha, family), by_rho in families.items():
+        if len(by_rho) < 2:
+            continue
+        val = {rho: 100 * statistics.mean(_finals(runs, "val_acc_avg_model")) for rho, runs in by_rho.items()}
+        by_family.setdefault(family, {})[alpha] = val
+        rows.append(_judged(results, alpha, family, val, by_rho))
+    for family, per_alpha in by_family.items():
+        if len(per_alpha) < 2:
+            continue
+        rhos = set.intersection(*(set(v) for v in per_alpha.values()))
+        val = {rho: statistics.mean(v[rho] for v in per_alpha.values()) for rho in sorted(rhos)}
+        parts = [
+            _judged(results, alpha, family, {rho: val[rho] for rho in val}, families[(alpha, family)])
+            for alpha in per_alpha
+        ]
+        rows.append(
+            {
+                **parts[0],
+                "alpha": "all",
+                "test": [t for p in parts for t in p["test"]],
+                "differences": [d for p in parts for d in p["differences"]],
+                "seeds": [f"{p['alpha']}/{s}" for p in parts for s in p["seeds"]],
+                "met": None if parts[0]["met"] is None else sum(p["met"] for p in parts),
+            }
+        )
+    return rows
+
+
+def _judged(
+    results: dict[tuple[float, str], list[dict]],
+    alpha: float,
+    family: str,
+    val: dict[float, float],
+    by_rho: dict[float, list[dict]],
+) -> dict:
+    """The ρ with the best ``val`` (ties: smaller), its test accuracies and the paired baseline gaps."""
+    chosen = max(sorted(val), key=lambda rho: val[rho])
+    runs = by_rho[chosen]
+    found = baseline_of(family)
+    base, threshold, claim = None, None, "no baseline"
+    if found is not None:
+        base = next((c for c in found[0] if results.get((alpha, c))), None)
+        threshold, claim = found[1], found[2]
+    mine = {r["config"]["seed"]: 100 * r["final"]["test_acc_avg_model"] for r in runs}
+    theirs = (
+        {}
+        if base is None
+        else {r["config"]["seed"]: 100 * r["final"]["test_acc_avg_model"] for r in results[(alpha, base)]}
+    )
+    seeds = sorted(set(mine) & set(theirs))
+    diffs = [mine[s] - theirs[s] for s in seeds]
+    return {
+        "alpha": alpha,
+        "family": family,
+        "val": val,
+        "chosen": chosen,
+        "test": [mine[s] for s in sorted(mine)],
+        "baseline": base,
+        "claim": claim,
+        "seeds": seeds,
+        "differences": diffs,
+        "threshold": threshold,
+        "met": None if threshold is None else sum(d >= threshold - 1e-9 for d in diffs),
+    }
+
+
+def validation_table(rows: list[dict]) -> str:
+    """:func:`validation_choice` as markdown."""
+    lines = [
+        "### ρ chosen on the validation split, judged on the test set",
+        "",
+        "| α | family | validation acc by ρ (%, mean over seeds) | chosen ρ | test acc at it (%) "
+        "| − baseline, paired (points) | claim | seeds meeting it |",
+        "|---|---|---|---:|---|---|---|---:|",
+    ]
+    for r in rows:
+        val = ", ".join(
+            (f"**{rho:g}: {acc:.2f}**" if rho == r["chosen"] else f"{rho:g}: {acc:.2f}")
+            for rho, acc in sorted(r["val"].items())
+        )
+        diffs = ", ".join(f"{d:+.2f}" for d in r["differences"]) or "-"
+        if r["differences"]:
+            diffs += f" (mean {statistics.mean(r['differences']):+.2f}) vs {r['baseline']}"
+        met = "-" if r["met"] is None else f"{r['met']}/{len(r['differences'])}"
+        test = f"{statistics.mean(r['test']):.2f} ({', '.join(f'{t:.2f}' for t in r['test'])})"
+        lines.append(
+            f"| {r['alpha']} | {r['family']} | {val} | {r['chosen']:g} | {test} | {diffs} "
+            f"| {r['claim']} | {met} |"
+        )
     return "\n".join(lines)
 
 
@@ -274,6 +412,7 @@ def claims_table(rows: list[dict]) -> str:
 
 RUN_COLUMNS = (
     "test_acc_avg_model",
+    "val_acc_avg_model",
     "test_acc_mean_rank",
     "test_acc_min_rank",
     "train_acc_avg_model",
@@ -374,6 +513,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2048,
         help="train.py --sharpness-samples: final sharpness on this many training samples (0: skip)",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=None,
+        help="train.py --val-size: a validation split; ρ is then chosen on it (validation_choice)",
     )
     parser.add_argument("--sharpness-rho", type=float, default=None, help="train.py --sharpness-rho")
     parser.add_argument("--hessian-iters", type=int, default=None, help="train.py --hessian-iters")

@@ -84,6 +84,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="normalized",
         help="qgm/q-saddle with adam/adamw: QG-Adam's moment feed, as in train.py",
     )
+    p.add_argument(
+        "--qg-adam-lr",
+        choices=("adam", "qgm"),
+        default="adam",
+        help="qgm/q-saddle with adam/adamw: what --lr means, as in train.py",
+    )
     p.add_argument("--eval-samples", type=int, default=0)
     p.add_argument("--out", default=None, help="write the fine-tuned averaged model to OUT/model.pt")
     p.add_argument("--threads", type=int, default=1)

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, default=0.01)
     a("--rho", type=float, default=0.05, help="SAM radius (q-saddle, n-saddle, sam-dsgd)")
     a("--qg-adam", choices=("normalized", "scaled"), default="normalized", help="QG-Adam's moment feed")
+    a(
+        "--qg-adam-lr",
+        choices=("adam", "qgm"),
+        default="adam",
+        help="what --lr means under QG-Adam: adam (AdamW's step size) or qgm (the QGM code's, ~10x larger)",
+    )
     a("--order", choices=("atc", "awc"), default="atc")
     a("--train-embeddings", action="store_true", help="also fine-tune (and gossip) the word embeddings")
     a("--per-class", type=int, default=450, help="data: at most this many texts per topic")
@@ -115,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     # driver mode
     a("--algorithms", nargs="+", default=None, help="run these in turn (one torchrun each), print a table")
     a("--seeds", type=int, nargs="+", default=None, help="with --algorithms: the seeds (default: --seed)")
+    a("--lrs", type=float, nargs="+", default=None, help="with --algorithms: a learning-rate sweep")
     a("--nproc", type=int, default=4, help="with --algorithms: ranks per run")
     return p
 
@@ -132,8 +139,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (args.batch_size >= 1, "--batch-size must be ≥ 1"),
         (args.max_length >= 4, "--max-length must be ≥ 4"),
         (
-            args.lr > 0 and args.weight_decay >= 0 and args.rho >= 0,
-            "need --lr > 0, --weight-decay, --rho ≥ 0",
+            args.lr > 0 and all(lr > 0 for lr in args.lrs or []) and args.weight_decay >= 0 and args.rho >= 0,
+            "need --lr, --lrs > 0, --weight-decay, --rho ≥ 0",
         ),
         (args.alpha > 0, "--alpha must be positive"),
         (args.eval_every >= 1 and args.eval_samples >= 0, "need --eval-every ≥ 1, --eval-samples ≥ 0"),
@@ -258,7 +265,13 @@ def make_optimizer(model: TextClassifier, args: argparse.Namespace) -> torch.opt
         lr=args.lr,
     )
     return st.DistributedOptimizer(
-        inner, model, algorithm=args.algorithm, rho=args.rho, order=args.order, qg_adam=args.qg_adam
+        inner,
+        model,
+        algorithm=args.algorithm,
+        rho=args.rho,
+        order=args.order,
+        qg_adam=args.qg_adam,
+        qg_adam_lr=args.qg_adam_lr,
     )
 
 
@@ -410,7 +423,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
 # --- several runs, one torchrun each ---------------------------------------------------------------
 def _forwarded(argv: Sequence[str]) -> list[str]:
     """``argv`` without the driver's own flags (and their values), for the per-run command line."""
-    own = {"--algorithms", "--seeds", "--nproc", "--algorithm", "--seed", "--out"}
+    own = {"--algorithms", "--seeds", "--lrs", "--nproc", "--algorithm", "--seed", "--out", "--lr"}
     kept, skipping = [], False
     for tok in argv:
         if tok.startswith("--"):
@@ -422,15 +435,18 @@ def _forwarded(argv: Sequence[str]) -> list[str]:
     return kept
 
 
-def table(logs: dict[tuple[str, int], dict[str, Any]]) -> str:
-    """A markdown table: one row per run, then one per algorithm with the mean over seeds."""
+Key = tuple[str, float, int]  # (algorithm, lr, seed)
+
+
+def table(logs: dict[Key, dict[str, Any]]) -> str:
+    """A markdown table: one row per run, then one per (algorithm, lr) with the mean over seeds."""
     head = (
-        "| algorithm | seed | averaged-model acc | mean rank acc | min rank acc | consensus | "
+        "| algorithm | lr | seed | averaged-model acc | mean rank acc | min rank acc | consensus | "
         "MiB sent/rank | s/step | wall s |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
 
-    def row(name: str, seed: str, fs: list[dict[str, Any]]) -> str:
+    def row(name: str, lr: float, seed: str, fs: list[dict[str, Any]]) -> str:
         def mean(key: str, scale: float = 1.0) -> float:
             return statistics.fmean(scale * f[key] for f in fs)
 
@@ -438,48 +454,56 @@ def table(logs: dict[tuple[str, int], dict[str, Any]]) -> str:
         if len(fs) > 1:
             acc += f" ± {statistics.stdev(100 * f['test_acc_avg_model'] for f in fs):.2f}"
         return (
-            f"| {name} | {seed} | {acc} | {mean('test_acc_mean_rank', 100):.2f} | "
+            f"| {name} | {lr:g} | {seed} | {acc} | {mean('test_acc_mean_rank', 100):.2f} | "
             f"{mean('test_acc_min_rank', 100):.2f} | {mean('consensus_distance'):.2e} | "
             f"{mean('mib_sent_per_rank'):.0f} | {mean('step_time_s'):.2f} | {mean('wall_time_s'):.0f} |"
         )
 
-    algorithms = list(dict.fromkeys(a for a, _ in logs))
-    for (algorithm, seed), log in logs.items():
-        lines.append(row(algorithm, str(seed), [log["final"]]))
-    if len({s for _, s in logs}) > 1:
-        for algorithm in algorithms:
-            fs = [log["final"] for (a, _), log in logs.items() if a == algorithm]
-            lines.append(row(f"**{algorithm}**", f"mean of {len(fs)}", fs))
+    for (algorithm, lr, seed), log in logs.items():
+        lines.append(row(algorithm, lr, str(seed), [log["final"]]))
+    if len({s for *_, s in logs}) > 1:
+        for algorithm, lr in dict.fromkeys((a, lr) for a, lr, _ in logs):
+            fs = [log["final"] for (a, r, _), log in logs.items() if (a, r) == (algorithm, lr)]
+            lines.append(row(f"**{algorithm}**", lr, f"mean of {len(fs)}", fs))
     return "\n".join(lines)
 
 
-def drive(args: argparse.Namespace, argv: Sequence[str]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Run every ``(algorithm, seed)`` as one ``torchrun --standalone`` launch; print and write the table.
+def drive(args: argparse.Namespace, argv: Sequence[str]) -> dict[Key, dict[str, Any]]:
+    """Run every ``(seed, lr, algorithm)`` as one ``torchrun --standalone`` launch; print and write the table.
+
+    With ``--lrs`` each run goes to ``<out>/<algorithm>-lr<lr>-s<seed>``, else ``<out>/<algorithm>-s<seed>``.
+    A run whose ``log.json`` exists already is read, not run again (delete it to re-run).
 
     Raises:
         subprocess.CalledProcessError: a run failed.
     """
     root = Path(args.out or "runs/finetune_text")
     seeds = args.seeds or [args.seed]
+    lrs = args.lrs or [args.lr]
     extra = _forwarded(argv)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    logs: dict[tuple[str, int], dict[str, Any]] = {}
+    logs: dict[Key, dict[str, Any]] = {}
     start = time.perf_counter()
     for seed in seeds:
-        for algorithm in args.algorithms:
-            out = root / f"{algorithm}-s{seed}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={args.nproc}",
-            ]
-            cmd += [str(Path(__file__).resolve()), "--algorithm", algorithm, "--seed", str(seed)]
-            cmd += ["--out", str(out), *extra]
-            print(f"\n=== {algorithm} seed {seed}: {' '.join(cmd[2:])}", flush=True)
-            subprocess.run(cmd, check=True, env=env)
-            logs[(algorithm, seed)] = json.loads((out / "log.json").read_text())
+        for lr in lrs:
+            for algorithm in args.algorithms:
+                name = f"{algorithm}-lr{lr:g}-s{seed}" if args.lrs else f"{algorithm}-s{seed}"
+                out = root / name
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={args.nproc}",
+                ]
+                cmd += [str(Path(__file__).resolve()), "--algorithm", algorithm, "--seed", str(seed)]
+                cmd += ["--lr", repr(lr), "--out", str(out), *extra]
+                if (out / "log.json").exists():
+                    print(f"\n=== {name}: {out / 'log.json'} exists, not re-run", flush=True)
+                else:
+                    print(f"\n=== {name}: {' '.join(cmd[2:])}", flush=True)
+                    subprocess.run(cmd, check=True, env=env)
+                logs[(algorithm, lr, seed)] = json.loads((out / "log.json").read_text())
     cfg = next(iter(logs.values()))["config"]
     title = (
         f"all-MiniLM-L6-v2 on stdlib docstrings, Dirichlet α={cfg['alpha']:g}, {cfg['world_size']} ranks on "
@@ -488,7 +512,9 @@ def drive(args: argparse.Namespace, argv: Sequence[str]) -> dict[tuple[str, int]
     text = table(logs)
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.md").write_text(f"{title}\n\n{text}\n")
-    train.plot_runs({f"{a} s{s}": log["records"] for (a, s), log in logs.items()}, root / "plot.png", title)
+    label = "{0} lr {1:g} s{2}" if args.lrs else "{0} s{2}"
+    runs = {label.format(*key): log["records"] for key, log in logs.items()}
+    train.plot_runs(runs, root / "plot.png", title)
     print(f"\n{title}\n\n{text}\n\nplot: {root / 'plot.png'}; total {time.perf_counter() - start:.0f} s")
     return logs
 

@@ -43,6 +43,7 @@ QGM_ALGORITHMS = ("qgm", "q-saddle")  # momentum is the QGM β, the wrapped SGD 
 # the sharpness measures and the same power-iteration start.
 SUBSET_SEED = 1_000_003
 SHARPNESS_SEED = 2_000_003
+VAL_SEED = 3_000_003  # the validation split (--val-size): the same for every run's seed
 HESSIAN_SEED = 3_000_017
 
 
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="qgm/q-saddle with adam/adamw: QG-Adam's moment feed (normalized: the QGM paper's; "
         "scaled: invariant to the loss scale)",
     )
+    a(
+        "--qg-adam-lr",
+        choices=("adam", "qgm"),
+        default="adam",
+        help="qgm/q-saddle with adam/adamw: what --lr means (adam: AdamW's step size; qgm: the QGM code's, "
+        "whose first steps are up to 10x larger)",
+    )
     a("--seed", type=int, default=0, help="model init, partition and shuffling")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
     a(
@@ -135,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="score on the first N test samples (0: all); the averaged model's final score uses all of them",
+    )
+    a(
+        "--val-size",
+        type=int,
+        default=0,
+        help="hold out this many training samples (stratified, the same for every seed) and score the "
+        "averaged model on them at every evaluation (val_acc_avg_model): choose hyper-parameters on "
+        "these, not on the test set. With --train-subset they are drawn from the samples outside the "
+        "subset (the training data stay the same); else they are removed from the training data",
     )
     a(
         "--train-eval-samples",
@@ -196,6 +213,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
         (args.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {args.device!r}"),
         (args.train_subset >= 0, "--train-subset must be ≥ 0"),
+        (args.val_size >= 0, "--val-size must be ≥ 0"),
         (args.train_eval_samples >= 0, "--train-eval-samples must be ≥ 0"),
         (args.sharpness_samples >= 0, "--sharpness-samples must be ≥ 0"),
         (args.sharpness_rho > 0, "--sharpness-rho must be positive"),
@@ -275,6 +293,7 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
         gamma=gamma,
         compression=compression if compression is not None else st.Compression.none,
         qg_adam=args.qg_adam,
+        qg_adam_lr=args.qg_adam_lr,
         cross_sam=getattr(args, "cross_sam", "on") == "on",  # finetune.py has no --cross-sam
     )
 
@@ -376,6 +395,36 @@ def stratified_subset(labels: torch.Tensor, size: int, *, seed: int = SUBSET_SEE
     return torch.sort(torch.cat(picked)).values
 
 
+def split_train(
+    labels: torch.Tensor, *, train_subset: int = 0, val_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Indices of the training samples and of the validation split (``None`` without ``val_size``).
+
+    The training samples are :func:`stratified_subset` ``(labels, train_subset)`` (all of them for 0),
+    whether or not there is a validation split. The validation split is a stratified draw (seed
+    ``VAL_SEED``) of ``val_size`` samples from those outside the training samples: with a subset, the
+    rest of the data set; without one, the training set, which then loses them.
+
+    Raises:
+        ValueError: the split asks for more samples than there are.
+    """
+    labels = torch.as_tensor(labels).long()
+    everything = torch.arange(len(labels))
+    train = stratified_subset(labels, train_subset) if train_subset else everything
+    if not val_size:
+        return train, None
+    pool = everything[~torch.isin(everything, train)] if train_subset else everything
+    if val_size > (len(pool) if train_subset else len(pool) - 1):
+        raise ValueError(
+            f"--val-size {val_size}: only {len(pool)} training samples are available for it"
+            + (" outside --train-subset" if train_subset else " (and some must remain to train on)")
+        )
+    val = pool[stratified_subset(labels[pool], val_size, seed=VAL_SEED)]
+    if not train_subset:
+        train = everything[~torch.isin(everything, val)]
+    return train, val
+
+
 def subset(data: TensorDataset, indices: torch.Tensor | Sequence[int]) -> TensorDataset:
     """The samples ``indices`` of ``data`` as a new ``TensorDataset``."""
     index = torch.as_tensor(indices, dtype=torch.long)
@@ -471,6 +520,7 @@ def evaluate(
     rank_test: TensorDataset | None = None,
     *,
     rank_train: TensorDataset | None = None,
+    val: TensorDataset | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of the averaged model and of every rank's own model, consensus and traffic.
 
@@ -481,6 +531,9 @@ def evaluate(
     ``train_acc_avg_model`` / ``train_loss_avg_model`` of the averaged model on the union of the ranks'
     shards (each rank scores its own, the sums are all-reduced) and ``train_acc_local_mean`` /
     ``train_acc_local_min`` of every rank's own model on its own shard.
+
+    With ``val`` (the validation split), also ``val_acc_avg_model`` / ``val_loss_avg_model`` of the
+    averaged model on it (a 1/n slice per rank, summed).
     """
     group, rank, n = current().group, st.rank(), st.size()
     rank_test = test if rank_test is None else rank_test
@@ -498,6 +551,12 @@ def evaluate(
     train_metrics: dict[str, Any] = {}
     if rank_train is not None:
         train_metrics = train_counts(model, avg_model, rank_train)
+    if val is not None:
+        vx, vy = val.tensors
+        val_part = test_counts(avg_model, TensorDataset(vx[rank::n], vy[rank::n]))
+        dist.all_reduce(val_part, group=group)
+        train_metrics["val_acc_avg_model"] = float(val_part[0] / val_part[2])
+        train_metrics["val_loss_avg_model"] = float(val_part[1] / val_part[2])
     return {
         "test_acc_avg_model": float(part[0] / part[2]),
         "test_loss_avg_model": float(part[1] / part[2]),
@@ -779,7 +838,9 @@ _RESUME_KEYS = (
     "seed",
     "batch_size",
     "width",
+    "val_size",
 )
+_RESUME_ADDED = {"val_size": 0}  # keys newer than some checkpoints: their value when a checkpoint lacks them
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -808,10 +869,13 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     full_test = test
     if args.eval_samples:
         test = TensorDataset(*(t[: args.eval_samples] for t in test.tensors))
-    subset_indices = None
-    if args.train_subset:
-        subset_indices = stratified_subset(dataset_labels(train), args.train_subset)
-        train = subset(train, subset_indices)
+    val = None
+    if args.train_subset or args.val_size:
+        train_indices, val_indices = split_train(
+            dataset_labels(train), train_subset=args.train_subset, val_size=args.val_size
+        )
+        val = None if val_indices is None else subset(train, val_indices)
+        train = subset(train, train_indices)
     partition = make_partition(args, dataset_labels(train), n)
     stream = BatchStream(train, partition.sampler(rank, seed=args.seed), args.batch_size)
     shard_indices = partition.indices(rank)
@@ -841,9 +905,10 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     if args.resume:
         extra = st.load_checkpoint(Path(args.resume) / "ckpt" / "{rank}.pt", model, opt)
         for key in _RESUME_KEYS:
-            if extra["config"].get(key) != getattr(args, key):
+            if extra["config"].get(key, _RESUME_ADDED.get(key)) != getattr(args, key):
                 raise ValueError(
-                    f"--resume {args.resume}: the checkpoint has {key}={extra['config'].get(key)!r}, "
+                    f"--resume {args.resume}: the checkpoint has "
+                    f"{key}={extra['config'].get(key, _RESUME_ADDED.get(key))!r}, "
                     f"this run {key}={getattr(args, key)!r}"
                 )
         step, train_time, records = extra["step"], extra["train_time"], extra["records"]
@@ -858,6 +923,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
         "gamma_used": gamma_used,
         "train_size": len(train),
         "train_subset_seed": SUBSET_SEED if args.train_subset else None,
+        "val_seed": VAL_SEED if args.val_size else None,
         "train_subset_class_counts": (
             torch.bincount(dataset_labels(train), minlength=num_classes).tolist()
             if args.train_subset
@@ -910,6 +976,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
                 bytes_base,
                 rank_test=test,
                 rank_train=rank_train,
+                val=val,
             ),
             "test_samples_avg_model": len((full_test if final else test).tensors[1]),
             "test_samples_ranks": len(test.tensors[1]),
@@ -985,7 +1052,8 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
             f"{label} on {title}: {step} steps, "
             f"averaged-model acc {100 * f['test_acc_avg_model']:.2f}%, "
             f"per-rank acc {100 * f['test_acc_mean_rank']:.2f}% (min {100 * f['test_acc_min_rank']:.2f}%), "
-            f"train acc {100 * f['train_acc_avg_model']:.2f}% (averaged model), "
+            + (f"val acc {100 * f['val_acc_avg_model']:.2f}%, " if "val_acc_avg_model" in f else "")
+            + f"train acc {100 * f['train_acc_avg_model']:.2f}% (averaged model), "
             f"{100 * f['train_acc_local_mean']:.2f}% (own, min {100 * f['train_acc_local_min']:.2f}%), "
             + (
                 f"sharpness SAM {f['sharpness_sam']:.3g}, λ_max {f['hessian_top_eig']:.3g}, "

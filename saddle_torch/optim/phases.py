@@ -43,6 +43,7 @@ class StepOptions:
     bn_second_pass: bool = False
     compression: Compression = field(default_factory=lambda: Compression.none)  # type: ignore[attr-defined]
     qg_adam: str = "normalized"
+    qg_adam_lr: str = "adam"  # QG-Adam's first step: "adam" (AdamW's) or "qgm" (the QGM code's, 10 × larger)
     max_staleness: float | None = None  # None: synchronous gossip; else asynchronous push-sum
 
     def __post_init__(self) -> None:

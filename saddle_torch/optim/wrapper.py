@@ -232,6 +232,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
     bn_second_pass: bool = False,
     compression: Compression | str | None = None,
     qg_adam: str = "normalized",
+    qg_adam_lr: str = "adam",
     max_staleness: float | None = None,
     ctx: GossipContext | None = None,
 ) -> torch.optim.Optimizer:
@@ -273,6 +274,11 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
             docs/RESULTS.md, but it depends on the loss scale and can drift where ‖g‖ < 1 at a
             constant lr) or ``"scaled"`` (the displacement's direction at the gradient's size:
             invariant to the loss scale). See :mod:`saddle_torch.optim.qgm`.
+        qg_adam_lr: what the wrapped Adam's learning rate means under QG-Adam: ``"adam"`` (default:
+            AdamW's step size; no bias correction of a first moment that has none, so the first step
+            is AdamW's and the lr you tuned under DDP carries over) or ``"qgm"`` (the QGM paper's
+            code: first steps 1/(1 − β₁ᵗ) × larger, 10 × at t = 1). docs/finetune_text.md measures
+            both.
         max_staleness: ``None`` (default): synchronous gossip, every round waits for the neighbours.
             A number k: asynchronous push-sum gossip (``q-saddle``, ``qgm``, ``dsgd``, ``sam-dsgd``,
             exact models): each step mixes with whatever the neighbours' messages have delivered and
@@ -310,6 +316,7 @@ def DistributedOptimizer(  # noqa: N802 - a factory named like the class it retu
         bn_second_pass=bn_second_pass,
         compression=resolve(compression, default=ctx.compression),
         qg_adam=qg_adam,
+        qg_adam_lr=qg_adam_lr,
         max_staleness=max_staleness,
     )
     recipe.check(options, optimizer)

@@ -5,10 +5,11 @@ momentum a second time) left q-saddle + AdamW worse than its start.
 
 Measured here (4 ranks, ring, default order atc, loss of the averaged model / all-reduce's): with SGD
 every algorithm is within 0.5% at step 60. With Adam and AdamW (lr 0.01): ngm, n-saddle 1.01 at step
-60; dsgd, sam-dsgd (local Adam) 1.51 at step 60, 1.10 at step 240 (slow, not wrong); QG-Adam with the
-paper's normalised feed (the default) 1.33 at step 60, better than local Adam, but drifting to 1.68
-at step 240 at this constant lr (its momentum has a fixed size while ‖g‖ < 1 here: qgm.py); QG-Adam
-with ``qg_adam="scaled"`` 1.11 to 1.17 from step 60 to 240. The bounds are those, with a margin.
+60; dsgd, sam-dsgd (local Adam) 1.51 at step 60, 1.10 at step 240 (slow, not wrong). QG-Adam (the
+default: normalised feed, ``qg_adam_lr="adam"``) 1.25-1.28 at step 60, ahead of local Adam, but
+drifting to 2.18-2.28 at step 240 at this constant lr (its momentum has a fixed size while ‖g‖ < 1
+here: qgm.py); with the QGM code's bias correction (``qg_adam_lr="qgm"``) 1.33 and 1.68; with
+``qg_adam="scaled"`` 1.07 and 1.25. The bounds are those, with a margin.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _inner(kind: str, params, qgm: bool) -> torch.optim.Optimizer:
 def _train(rank: int, world: int, kind: str) -> dict:
     st.init(topology="ring", timeout=timedelta(seconds=60))
     out = {}
-    runs = ALGOS + ([] if kind == "sgd" else ["qgm:scaled", "q-saddle:scaled"])
+    runs = ALGOS + ([] if kind == "sgd" else ["q-saddle:scaled", "q-saddle:qgm-lr"])
     for run in runs:
         algo, _, feed = run.partition(":")
         model = _model()
@@ -44,7 +45,8 @@ def _train(rank: int, world: int, kind: str) -> dict:
             _inner(kind, model.parameters(), "q" in algo.split("-")[0]),
             model,
             algorithm=algo,
-            qg_adam=feed or "normalized",
+            qg_adam="scaled" if feed == "scaled" else "normalized",
+            qg_adam_lr="qgm" if feed == "qgm-lr" else "adam",
         )
         out[run] = {"start": _averaged_model_loss(model, world)}
         for step in range(STEPS):
@@ -63,18 +65,21 @@ def test_every_algorithm_reaches_allreduce_loss_with_every_optimizer(kind: str) 
     assert ref["end"] < 0.5 * ref["start"], ref
     ratio = {algo: r["end"] / ref["end"] for algo, r in results.items()}
     early = {algo: r["early"] / ref["early"] for algo, r in results.items()}
+    drifting = {"qgm", "q-saddle", "q-saddle:qgm-lr"}  # the normalised feed at a constant lr (qgm.py)
     for algo, r in results.items():
-        assert r["end"] < 0.5 * r["start"], (kind, algo, r)
+        assert r["end"] < (0.75 if kind != "sgd" and algo in drifting else 0.5) * r["start"], (kind, algo, r)
     if kind == "sgd":
         assert max(ratio.values()) <= 1.15 and max(early.values()) <= 1.15, (ratio, early)
         return
     for algo in ("dsgd", "sam-dsgd", "ngm", "n-saddle"):
         assert ratio[algo] <= 1.15, (kind, algo, ratio)
     assert early["ngm"] <= 1.15 and early["n-saddle"] <= 1.15, (kind, early)
-    for algo in ("qgm", "q-saddle"):  # the paper's QG-Adam: ahead of local Adam early
+    for algo in ("qgm", "q-saddle"):  # the default QG-Adam: ahead of local Adam early, drifting later
         assert early[algo] <= 1.45 and early[algo] < early["dsgd"], (kind, algo, early)
-        scaled = f"{algo}:scaled"  # the scale-invariant feed: near all-reduce throughout
-        assert early[scaled] <= 1.25 and ratio[scaled] <= 1.25, (kind, scaled, early, ratio)
+        assert ratio[algo] <= 2.6, (kind, algo, ratio)
+    assert ratio["q-saddle:scaled"] <= 1.35 and early["q-saddle:scaled"] <= 1.2, (kind, ratio, early)
+    paper = "q-saddle:qgm-lr"  # the QGM code's bias correction: larger first steps, the same drift
+    assert early[paper] <= 1.45 and early[paper] < early["dsgd"], (kind, early)
 
 
 def _scaled_runs(rank: int, world: int, feed: str) -> list[list[torch.Tensor]]:

@@ -3,9 +3,10 @@
 Four ranks on a ring, each starting from its own model (so gossip is never a no-op). The reference
 holds every rank's parameters as one row of a matrix X and applies ALGORITHMS.md literally: gradients
 by autograd on a copy, SAM, NGM's cross-gradients, the wrapped optimizer (run on a plain copy), QGM's
-direction and buffer, QG-Adam (both feeds: saddle_torch/optim/qgm.py), W·X mixing in both orders, and
-CHOCO with the codec's own roundtrip (the same message seeds as the engine). Compressed NGM computes
-its cross-gradients at the public copies x̂ and compresses them with error feedback per link.
+direction and buffer, QG-Adam (both feeds, both lr meanings: saddle_torch/optim/qgm.py), W·X
+mixing in both orders, and CHOCO with the codec's own roundtrip (the same message seeds as the
+engine). Compressed NGM computes its cross-gradients at the public copies x̂ and compresses them with
+error feedback per link.
 """
 
 from __future__ import annotations
@@ -56,16 +57,20 @@ CASES = [
 ] + [
     ("allreduce", "awc", "none", "sgd"),
     ("q-saddle", "atc", "none", "adamw"),
-    ("q-saddle", "awc", "none", "adam"),
+    ("q-saddle", "awc", "none", "adam:qgm"),  # qg_adam_lr="qgm": the QGM paper's code
     ("qgm", "awc", "int8", "adamw"),
     ("dsgd", "atc", "none", "adamw"),
-    ("q-saddle", "atc", "none", "adamw:scaled"),  # QG-Adam's loss-scale-invariant feed
+    ("q-saddle", "atc", "none", "adamw:scaled"),
     ("qgm", "awc", "none", "adam:scaled"),
 ]
 
 
 def _feed(kind: str) -> str:
     return "scaled" if kind.endswith(":scaled") else "normalized"
+
+
+def _lr_meaning(kind: str) -> str:
+    return "qgm" if kind.endswith(":qgm") else "adam"
 
 
 def _dtype(comp: str) -> torch.dtype:
@@ -88,6 +93,7 @@ def _run(rank: int, world: int) -> dict:
             beta=BETA,
             compression=comp,
             qg_adam=_feed(kind),
+            qg_adam_lr=_lr_meaning(kind),
         )
         (key,) = opt.saddle.flat.buffers
         xs = []
@@ -183,7 +189,8 @@ def _reference(alg: str, order: str, comp: str, kind: str, name: str) -> list[to
             base = X * (1 - lr * ADAM_WD) if decoupled else X
             tm1 = b1 * m1 + g
             tm2 = b2 * m2 + (1 - b2) * g * g
-            half = base - lr / (1 - b1**t) * tm1 / ((tm2 / (1 - b2**t)).sqrt() + eps)
+            c1 = 1.0 if _lr_meaning(kind) == "adam" else 1 - b1**t  # qg_adam_lr: m₁'s bias correction
+            half = base - lr / c1 * tm1 / ((tm2 / (1 - b2**t)).sqrt() + eps)
         else:
             for i, (m, o) in enumerate(zip(models, local, strict=True)):
                 with torch.no_grad():

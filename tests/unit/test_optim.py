@@ -223,6 +223,36 @@ def test_wraps_any_optimizer_and_schedulers_see_it(make) -> None:
     assert len(opt.state) > 0  # the wrapped optimizer's own state lives on
 
 
+@pytest.mark.parametrize(
+    ("feed", "meaning"), [("normalized", "adam"), ("scaled", "adam"), ("normalized", "qgm")]
+)
+def test_qg_adam_first_step_is_adamws_at_the_same_lr(feed: str, meaning: str) -> None:
+    """The lr a user tuned for AdamW means the same first step under ``qg_adam_lr="adam"`` (default).
+
+    At t = 1 the moments are empty, so QG-Adam's step is lr/c₁ · g/(|g| + ε): AdamW's lr·g/(|g| + ε)
+    without a first-moment bias correction (c₁ = 1), 1/(1 − β₁) = 10 × that with the QGM code's. (In
+    a world of one, gossip is the identity: this checks the direction rule only; tests/distributed/
+    test_step_reference.py checks both meanings with gossip against a dense reference.)
+    """
+    x, y = _batch()
+    ref = _model()
+    plain = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.0)
+    before = [p.detach().clone() for p in ref.parameters()]
+    plain.step(_closure(ref, plain, x, y))
+    model = _model()
+    opt = st.DistributedOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0),
+        model,
+        algorithm="qgm",
+        qg_adam=feed,
+        qg_adam_lr=meaning,
+    )
+    opt.step(_closure(model, opt, x, y))
+    factor = 1.0 if meaning == "adam" else 10.0  # 1/(1 − β₁), β₁ = 0.9
+    for p0, pa, pq in zip(before, ref.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(pq - p0, factor * (pa - p0), rtol=1e-9, atol=1e-12)
+
+
 def test_errors_say_how_to_call() -> None:
     model = _model()
     opt = st.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model)
@@ -240,6 +270,8 @@ def test_errors_say_how_to_call() -> None:
         st.DistributedOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1), order="both")
     with pytest.raises(ValueError, match="qg_adam must be 'normalized' or 'scaled', got 'paper'"):
         st.DistributedOptimizer(torch.optim.Adam(_model().parameters()), qg_adam="paper")
+    with pytest.raises(ValueError, match="qg_adam_lr must be 'adam' or 'qgm', got 'sgd'"):
+        st.DistributedOptimizer(torch.optim.Adam(_model().parameters()), qg_adam_lr="sgd")
     n = _model()
     on = st.DistributedOptimizer(torch.optim.SGD(n.parameters(), lr=0.1), n, algorithm="n-saddle")
     with pytest.raises(ValueError, match="needs step\\(closure\\)"):

@@ -109,6 +109,27 @@ def test_train_subset_is_stratified_fixed_and_of_size_n():
         train.stratified_subset(labels, 2001)
 
 
+def test_validation_split_is_disjoint_fixed_and_keeps_the_training_subset():
+    import torch
+
+    train = _train()
+    labels = torch.arange(3000) % 3  # 1000 per class
+    subset_only, none = train.split_train(labels, train_subset=600)
+    assert none is None
+    tr, val = train.split_train(labels, train_subset=600, val_size=300)
+    assert torch.equal(tr, subset_only)  # the training data do not change with --val-size
+    assert not set(tr.tolist()) & set(val.tolist()) and len(set(val.tolist())) == 300
+    assert torch.bincount(labels[val]).tolist() == [100, 100, 100]
+    torch.manual_seed(99)  # fixed: independent of the run's seed
+    assert torch.equal(val, train.split_train(labels, train_subset=600, val_size=300)[1])
+    tr2, val2 = train.split_train(labels, val_size=300)  # no subset: taken out of the training data
+    assert len(tr2) == 2700 and not set(tr2.tolist()) & set(val2.tolist())
+    with pytest.raises(ValueError, match="only 2400 training samples are available for it outside"):
+        train.split_train(labels, train_subset=600, val_size=2401)
+    with pytest.raises(ValueError, match="some must remain to train on"):
+        train.split_train(labels, val_size=3000)
+
+
 # --- bench/study.py: the claims table -----------------------------------------------------------------
 def _fake(seed: int, acc: float) -> dict:
     return {"config": {"seed": seed}, "final": {"test_acc_avg_model": acc}}
@@ -165,6 +186,41 @@ def test_claims_keep_extras_and_fall_back_to_the_plain_baseline():
     assert rows["q-saddle+rho=0.1"]["differences"] == pytest.approx([2.0])
     assert rows["sam-dsgd+lr=0.1"]["baseline"] == "dsgd+lr=0.1"
     assert study.baseline_of("q-saddle@int8+rho=0.1")[0] == ["q-saddle+rho=0.1"]
+
+
+def _fake_val(seed: int, test: float, val: float) -> dict:
+    return {"config": {"seed": seed}, "final": {"test_acc_avg_model": test, "val_acc_avg_model": val}}
+
+
+def test_rho_is_chosen_on_validation_and_judged_on_test():
+    study = _study()
+    results = {
+        (0.1, "qgm"): [_fake(0, 0.70), _fake(1, 0.60)],  # a baseline needs no validation accuracy
+        # ρ = 0.05 (the default, no +rho): best on test, not on validation
+        (0.1, "q-saddle"): [_fake_val(0, 0.75, 0.70), _fake_val(1, 0.65, 0.70)],
+        (0.1, "q-saddle+rho=0.1"): [_fake_val(0, 0.71, 0.72), _fake_val(1, 0.60, 0.72)],
+        (0.1, "q-saddle+rho=0.2"): [_fake_val(0, 0.50, 0.72), _fake_val(1, 0.50, 0.72)],  # tie: smaller ρ
+        (0.01, "qgm"): [_fake(0, 0.50)],
+        (0.01, "q-saddle"): [_fake_val(0, 0.55, 0.60)],
+        (0.01, "q-saddle+rho=0.1"): [_fake_val(0, 0.52, 0.50)],
+        (0.01, "q-saddle+rho=0.2"): [_fake_val(0, 0.52, 0.50)],
+        (0.1, "n-saddle"): [_fake(0, 0.6)],  # no validation accuracy: not chosen on
+        (0.1, "n-saddle+rho=0.1"): [_fake(0, 0.6)],
+    }
+    rows = {r["alpha"]: r for r in study.validation_choice(results)}
+    assert set(rows) == {0.1, 0.01, "all"}
+    r = rows[0.1]
+    assert r["family"] == "q-saddle" and r["chosen"] == 0.1 and r["baseline"] == "qgm"
+    assert r["val"] == pytest.approx({0.05: 70.0, 0.1: 72.0, 0.2: 72.0})
+    assert r["test"] == pytest.approx([71.0, 60.0]) and r["differences"] == pytest.approx([1.0, 0.0])
+    assert r["met"] == 1  # ≥ +1 point on seed 0 only
+    assert rows[0.01]["chosen"] == 0.05 and rows[0.01]["differences"] == pytest.approx([5.0])
+    # over both α: the mean of the two means, 0.05: 65.0, 0.1: 61.0, 0.2: 61.0
+    a = rows["all"]
+    assert a["chosen"] == 0.05 and a["val"] == pytest.approx({0.05: 65.0, 0.1: 61.0, 0.2: 61.0})
+    assert a["differences"] == pytest.approx([5.0, 5.0, 5.0]) and a["met"] == 3
+    table = study.validation_table(study.validation_choice(results))
+    assert "| 0.1 | q-saddle | 0.05: 70.00, **0.1: 72.00**, 0.2: 72.00 | 0.1 |" in table
 
 
 def test_study_wide_flags_reach_train_py_before_the_configuration_extras():
