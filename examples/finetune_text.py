@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--algorithms", nargs="+", default=None, help="run these in turn (one torchrun each), print a table")
     a("--seeds", type=int, nargs="+", default=None, help="with --algorithms: the seeds (default: --seed)")
     a("--lrs", type=float, nargs="+", default=None, help="with --algorithms: a learning-rate sweep")
+    a(
+        "--existing-only",
+        action="store_true",
+        help="with --algorithms: tabulate the runs whose log.json exists, run nothing",
+    )
     a("--nproc", type=int, default=4, help="with --algorithms: ranks per run")
     return p
 
@@ -468,6 +473,43 @@ def table(logs: dict[Key, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(logs: dict[Key, dict[str, Any]]) -> str:
+    """Averaged-model test accuracy (%) by algorithm (rows) and learning rate (columns).
+
+    Each cell: the mean over seeds, then the seeds' values; the best lr of each algorithm in bold; "-"
+    where no run exists.
+    """
+    lrs = sorted({lr for _, lr, _ in logs})
+    lines = [
+        "| algorithm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr |",
+        "|---|" + "---:|" * len(lrs) + "---:|",
+    ]
+    for algorithm in dict.fromkeys(a for a, _, _ in logs):
+        cells, means = [], {}
+        for lr in lrs:
+            accs = [
+                100 * log["final"]["test_acc_avg_model"]
+                for (a, r, _), log in logs.items()
+                if (a, r) == (algorithm, lr)
+            ]
+            if accs:
+                means[lr] = statistics.fmean(accs)
+        best = max(means, key=lambda lr: means[lr]) if means else None
+        for lr in lrs:
+            seeds = [
+                (s, 100 * log["final"]["test_acc_avg_model"])
+                for (a, r, s), log in logs.items()
+                if (a, r) == (algorithm, lr)
+            ]
+            if not seeds:
+                cells.append("-")
+                continue
+            text = f"{means[lr]:.1f} ({', '.join(f'{acc:.1f}' for _, acc in sorted(seeds))})"
+            cells.append(f"**{text}**" if lr == best else text)
+        lines.append(f"| {algorithm} | " + " | ".join(cells) + f" | {best:g} |")
+    return "\n".join(lines)
+
+
 def drive(args: argparse.Namespace, argv: Sequence[str]) -> dict[Key, dict[str, Any]]:
     """Run every ``(seed, lr, algorithm)`` as one ``torchrun --standalone`` launch; print and write the table.
 
@@ -500,6 +542,8 @@ def drive(args: argparse.Namespace, argv: Sequence[str]) -> dict[Key, dict[str, 
                 cmd += ["--lr", repr(lr), "--out", str(out), *extra]
                 if (out / "log.json").exists():
                     print(f"\n=== {name}: {out / 'log.json'} exists, not re-run", flush=True)
+                elif args.existing_only:
+                    continue
                 else:
                     print(f"\n=== {name}: {' '.join(cmd[2:])}", flush=True)
                     subprocess.run(cmd, check=True, env=env)
@@ -509,7 +553,11 @@ def drive(args: argparse.Namespace, argv: Sequence[str]) -> dict[Key, dict[str, 
         f"all-MiniLM-L6-v2 on stdlib docstrings, Dirichlet α={cfg['alpha']:g}, {cfg['world_size']} ranks on "
         f"{cfg['topology']}, {cfg['steps']} steps of {cfg['batch_size']} × {cfg['max_length']} tokens"
     )
+    if not logs:
+        raise FileNotFoundError(f"no run of these settings under {root}")
     text = table(logs)
+    if args.lrs:
+        text = sweep_table(logs) + "\n\n" + text
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.md").write_text(f"{title}\n\n{text}\n")
     label = "{0} lr {1:g} s{2}" if args.lrs else "{0} s{2}"
