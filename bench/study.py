@@ -241,10 +241,7 @@ def validation_choice(
             continue
         rhos = set.intersection(*(set(v) for v in per_alpha.values()))
         val = {rho: statistics.mean(v[rho] for v in per_alpha.values()) for rho in sorted(rhos)}
-        parts = [
-            _judged(results, alpha, family, {rho: val[rho] for rho in val}, families[(alpha, family)])
-            for alpha in per_alpha
-        ]
+        parts = [_judged(results, alpha, family, val, families[(alpha, family)]) for alpha in per_alpha]
         rows.append(
             {
                 **parts[0],
