@@ -32,6 +32,7 @@ from saddle_torch.api.primitives import (
 from saddle_torch.checkpoint import load_checkpoint, save_checkpoint
 from saddle_torch.compression import Compression
 from saddle_torch.errors import (
+    AuthenticationError,
     CompressionWarning,
     CorruptMessageError,
     DifferentStartWarning,
@@ -41,6 +42,7 @@ from saddle_torch.errors import (
     PeerError,
     SaddleError,
     SaddleWarning,
+    StoreLostError,
 )
 from saddle_torch.flat import FlatParameters
 from saddle_torch.frameworks import Decentralized
@@ -69,6 +71,8 @@ __all__ = [
     "SaddleError",
     "PeerError",
     "FencedError",
+    "AuthenticationError",
+    "StoreLostError",
     "MismatchError",
     "CorruptMessageError",
     "InternalError",

@@ -53,6 +53,8 @@ def save_checkpoint(
     tmp = target.with_name(target.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, target)
+    if ctx.elastic is not None:  # named if the job's store dies (StoreLostError)
+        ctx.elastic.last_checkpoint = (target, getattr(getattr(optimizer, "saddle", None), "step", None))
     return target
 
 

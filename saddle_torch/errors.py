@@ -67,6 +67,21 @@ class FencedError(SaddleError, RuntimeError):
     """
 
 
+class AuthenticationError(SaddleError, RuntimeError):
+    """Elastic training: this process's job secret is not the job's, or a tagged message failed its check.
+
+    Nothing from the job is acted on or loaded: check ``--secret-file`` / ``SADDLE_SECRET`` on both sides.
+    """
+
+
+class StoreLostError(SaddleError, RuntimeError):
+    """Elastic training: the launcher's store (node 0's launcher) is gone, so membership cannot change.
+
+    Training goes on without it while no rank fails; the first failure after it went stops every rank
+    it reaches with this error (the message names the store and this rank's last checkpoint).
+    """
+
+
 class MismatchError(SaddleError, ValueError):
     """Ranks hold different tensors (shape, dtype or compression) where they must hold the same."""
 
@@ -92,6 +107,8 @@ for _cls in (
     PeerError,
     CorruptMessageError,
     FencedError,
+    AuthenticationError,
+    StoreLostError,
     MismatchError,
     InternalError,
     SaddleWarning,
@@ -101,6 +118,7 @@ for _cls in (
     _cls.__module__ = "saddle_torch"
 
 __all__ = [
+    "AuthenticationError",
     "CompressionWarning",
     "CorruptMessageError",
     "DifferentStartWarning",
@@ -110,4 +128,5 @@ __all__ = [
     "PeerError",
     "SaddleError",
     "SaddleWarning",
+    "StoreLostError",
 ]

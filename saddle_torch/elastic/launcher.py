@@ -15,6 +15,10 @@ Several machines: run one launcher per machine with the same ``--nnodes M --npro
 and its own ``--node-rank i``. Node 0 hosts the store at ``H:P`` (its own address); node ``i`` starts
 ranks ``i*N .. i*N+N-1`` and reports their deaths (and restarts them, under ``--restarts``) itself.
 Node 0's launcher keeps the store up until every member of the job, on any node, has left.
+
+Every launcher and worker of a job holds the job secret (``--secret-file PATH`` or ``SADDLE_SECRET``;
+a one-machine launch without either generates one and says where it wrote it): the membership values
+in the store carry HMAC tags under it, and a process without it is never admitted (docs/security.md).
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch.distributed as dist
 
 from saddle_torch._log import LOG_ENV
-from saddle_torch.elastic.membership import key, parse_ids
+from saddle_torch.elastic.auth import SECRET_ENV, generate_secret, read_secret_file, secret_from_env
+from saddle_torch.elastic.board import Board, create_job, open_job
+from saddle_torch.elastic.membership import current_epoch, key, members_of
 from saddle_torch.elastic.runtime import ID_ENV, JOIN_ENV, REPLACES_ENV, STORE_ENV
+from saddle_torch.errors import AuthenticationError
 
 
 def _describe(code: int) -> str:
@@ -86,6 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help="join the running job whose launcher's store listens at HOST:PORT instead of starting one",
     )
+    p.add_argument(
+        "--secret-file",
+        default=None,
+        metavar="PATH",
+        help="the job secret (at least 16 bytes; default: $SADDLE_SECRET). Membership values carry HMAC "
+        "tags under it and a process without it is never admitted. Required with --nnodes > 1 and --join; "
+        "a one-machine launch without it generates one",
+    )
     p.add_argument("script", help="the training script")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
     args = p.parse_args(argv)
@@ -105,6 +122,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         host, _, port = args.join.rpartition(":")
         if not host or not port.isdigit():
             p.error(f"--join takes HOST:PORT, got {args.join!r}")
+    try:
+        args.secret = read_secret_file(args.secret_file) if args.secret_file else secret_from_env()
+    except ValueError as e:
+        p.error(str(e))
+    if args.secret is None and (args.nnodes > 1 or args.join is not None):
+        what = "--join" if args.join is not None else "--nnodes > 1"
+        p.error(
+            f"{what} needs the job secret: --secret-file PATH (the same file on every machine) or "
+            f"${SECRET_ENV}; without it nothing would tell the job's processes from anyone else's"
+        )
     return args
 
 
@@ -114,6 +141,7 @@ def _env(
     nproc: int,
     host: str,
     port: int,
+    secret: bytes,
     join: bool = False,
     replaces: int | None = None,
 ) -> dict[str, str]:
@@ -131,6 +159,7 @@ def _env(
         TORCHELASTIC_RESTART_COUNT="0",
     )
     env[STORE_ENV] = f"{host}:{port}"
+    env[SECRET_ENV] = secret.decode()
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault(LOG_ENV, "INFO")  # the workers' membership and admission records, on their stderr
     env.pop(JOIN_ENV, None)
@@ -159,11 +188,23 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _generated_secret() -> tuple[bytes, Path]:
+    """A fresh secret, written to a file only this user can read (for ``--join --secret-file``)."""
+    secret = generate_secret()
+    fd, path = tempfile.mkstemp(prefix="saddle-job-", suffix=".secret")  # mode 0600
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret + b"\n")
+    return secret, Path(path)
+
+
 class _Job:
     """The workers this launcher started, by id, and the store they share."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.secret_path: Path | None = None  # a secret this launcher generated (removed at the end)
+        if args.secret is None:
+            args.secret, self.secret_path = _generated_secret()
         if args.join is None and args.node_rank == 0:
             self.host = args.host
             self.listener = _listen(args.host, args.port)
@@ -177,8 +218,9 @@ class _Job:
                 master_listen_fd=self.listener.fileno(),
             )
             self.launch_size = args.nproc * args.nnodes
-            self.store.set(key("epoch"), "0")
-            self.store.set(key(0, "members"), ",".join(map(str, range(self.launch_size))))
+            self.board = create_job(self.store, args.secret)
+            self.board.post(key("epoch"), "0")
+            self.board.post(key(0, "members"), ",".join(map(str, range(self.launch_size))))
             self.store.add(key("next_id"), self.launch_size)  # ids of later processes start here
         elif args.join is None:  # node i > 0 of a multi-machine launch: node 0 hosts the store
             self.host, self.port = args.host, args.port
@@ -186,7 +228,8 @@ class _Job:
                 args.host, args.port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=300)
             )
             self.launch_size = args.nproc * args.nnodes
-            members = len(parse_ids(self.store.get(key(0, "members"))))  # waits for node 0 to write it
+            self.board = _open(self.store, args)
+            members = len(_launch_members(self))
             if members != self.launch_size:
                 raise SystemExit(
                     f"saddle_torch.run: node 0 launched {members} ranks, but --nnodes {args.nnodes} x "
@@ -198,12 +241,14 @@ class _Job:
             self.store = dist.TCPStore(
                 host, self.port, is_master=False, wait_for_workers=False, timeout=timedelta(seconds=60)
             )
-            self.launch_size = len(parse_ids(self.store.get(key(0, "members"))))  # WORLD_SIZE: at launch
+            self.board = _open(self.store, args)
+            self.launch_size = len(_launch_members(self))  # WORLD_SIZE: at launch
         self.procs: dict[int, subprocess.Popen] = {}
         self.joiners: set[int] = set()
 
     def start(self, rank: int, join: bool = False, replaces: int | None = None) -> None:
-        env = _env(rank, self.launch_size, self.args.nproc, self.host, self.port, join, replaces)
+        a = self.args
+        env = _env(rank, self.launch_size, a.nproc, self.host, self.port, a.secret, join, replaces)
         self.procs[rank] = subprocess.Popen([sys.executable, self.args.script, *self.args.args], env=env)
         if join:
             self.joiners.add(rank)
@@ -213,21 +258,59 @@ class _Job:
 
     def members(self) -> set[int]:
         """Ids of the current epoch's members (as the workers recorded them)."""
-        epoch = self.store.get(key("epoch")).decode()
-        return set(parse_ids(self.store.get(key(epoch, "members"))))
+        return set(members_of(self.board, current_epoch(self.board)) or [])
+
+
+def _open(store: dist.TCPStore, args: argparse.Namespace) -> Board:
+    """The job's board for a launcher that connects to node 0's store; exits if the secret differs."""
+    try:
+        return open_job(store, args.secret)
+    except AuthenticationError as e:
+        raise SystemExit(f"saddle_torch.run: {e}") from e
+
+
+def _launch_members(job: _Job) -> list[int]:
+    """The ranks node 0 launched (waits for node 0 to record them)."""
+    job.store.wait([key(0, "members")])
+    members = members_of(job.board, 0)
+    if members is None:
+        raise SystemExit("saddle_torch.run: the job's launch members in the store have no valid tag")
+    return members
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; returns 0 if at least one worker finished cleanly, else the first failure's code."""
     args = parse_args(argv)
     job = _Job(args)
-    store = job.store
     if args.join is None:
         for r in range(args.node_rank * args.nproc, (args.node_rank + 1) * args.nproc):
             job.start(r)
     else:
         for _ in range(args.nproc):
             job.start(job.new_id(), join=True)
+    role = "joining workers" if args.join else "workers"
+    if args.nnodes > 1:
+        role += f" (ranks {min(job.procs)}..{max(job.procs)}, node {args.node_rank} of {args.nnodes})"
+    print(
+        f"saddle_torch.run: {args.nproc} {role}, store at {job.host}:{job.port}", file=sys.stderr, flush=True
+    )
+    if job.secret_path is not None:
+        print(
+            f"saddle_torch.run: generated the job secret in {job.secret_path} (readable by this user only; "
+            f"a --join to this job needs --secret-file {job.secret_path})",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        return _supervise(job)
+    finally:
+        if job.secret_path is not None:
+            job.secret_path.unlink(missing_ok=True)
+
+
+def _supervise(job: _Job) -> int:
+    """Watch the workers until the job ends; the launcher's exit code."""
+    args, board = job.args, job.board
     procs, restarts = job.procs, args.restarts
 
     def forward(signum: int, _frame: object) -> None:
@@ -238,12 +321,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, forward)
     codes: dict[int, int] = {}
     running = dict(procs)
-    role = "joining workers" if args.join else "workers"
-    if args.nnodes > 1:
-        role += f" (ranks {min(procs)}..{max(procs)}, node {args.node_rank} of {args.nnodes})"
-    print(
-        f"saddle_torch.run: {args.nproc} {role}, store at {job.host}:{job.port}", file=sys.stderr, flush=True
-    )
     orphaned_since: float | None = None
     try:
         while running:
@@ -255,10 +332,13 @@ def main(argv: list[str] | None = None) -> int:
                 codes[r] = code
                 if code != 0:
                     what = f"rank {r} {_describe(code)}"
-                    store.set(key("dead", r), what)
-                    epoch = store.get(key("epoch")).decode()
-                    store.compare_set(key(epoch, "broken"), "", f"launcher: {what}")
                     note = ""
+                    try:
+                        board.put(key("dead", r), what)
+                        board.post(key(current_epoch(board), "broken"), f"launcher: {what}")
+                    except dist.DistError:  # node 0's launcher (the store's host) is gone
+                        note = f"; the store at {job.host}:{job.port} is gone: not reported, not restarted"
+                        restarts = 0
                     if restarts > 0:
                         restarts -= 1
                         new = job.new_id()
@@ -308,7 +388,7 @@ def _job_ended(job: _Job) -> bool:
     members = _members(job)
     try:
         return members is None or all(
-            job.store.check([key("finished", r)]) or job.store.check([key("dead", r)]) for r in members
+            job.board.has(key("finished", r)) or job.board.has(key("dead", r)) for r in members
         )
     except Exception:  # noqa: BLE001 - the store went away meanwhile
         return True

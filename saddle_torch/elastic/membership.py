@@ -15,9 +15,9 @@ rank is its position). When a rank fails a gossip round, or learns that another 
    the group's timeout) is marked ``e/busy/<rank>`` by its watcher thread; the list waits for it to
    register for up to a second join window. A stalled process cannot mark itself (its watcher is
    stopped too), so a SIGSTOPped rank still gets 3 s.
-   Closing is one ``compare_set`` of ``e/final`` to the list as it stands: the first rank to close
-   wins and every rank reads the same value, so all survivors agree on the members of ``e + 1``
-   without a coordinator.
+   Closing appends the list as it stands to the log ``e/final``: the first valid entry wins and
+   every rank reads the same one, so all survivors agree on the members of ``e + 1`` without a
+   coordinator.
 4. A rank whose registration is not in ``e/final`` was dropped (it stalled past the timeout and came
    back): it is fenced and must exit (:class:`saddle_torch.FencedError`), never rejoin with a stale model.
 
@@ -29,6 +29,11 @@ diameter apart). Every member checks ``e/grow`` at the start of each step and, a
 :meth:`Membership.agree` expecting the joiners too; a joiner registers as ``<id>:-1`` once it sees
 itself in ``e/grow`` (:func:`wait_for_admission`). Members of ``e + 1`` are the old members that
 registered, in order, then the admitted joiners by id; ``e+1/members`` records them for joiners.
+
+Every value above is tagged under the job secret (:mod:`saddle_torch.elastic.board`): a value
+without a valid tag (written by a process without the secret, or copied from another key or job) is
+ignored and logged. "First writer wins" means the first *valid* entry of an append-only log, so an
+untagged value written first blocks nothing.
 """
 
 from __future__ import annotations
@@ -37,18 +42,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import torch.distributed as dist
-
+from saddle_torch.elastic.board import Board, key
 from saddle_torch.errors import FencedError
 
-PREFIX = "saddle/elastic/"
 POLL_SECONDS = 0.05
 SUSPECT_GRACE_SECONDS = 3.0  # how long a suspected (not known dead) rank has to register
-
-
-def key(*parts: object) -> str:
-    """A store key under the elastic prefix, e.g. ``key(3, "broken")`` → ``saddle/elastic/3/broken``."""
-    return PREFIX + "/".join(str(p) for p in parts)
 
 
 def parse_alive(raw: bytes | str) -> dict[int, int]:
@@ -92,8 +90,36 @@ def parse_grow(raw: bytes | str) -> tuple[int, list[int]]:
     return int(step), parse_ids(ids)
 
 
+def alive_of(board: Board, epoch: int) -> dict[int, int]:
+    """``epoch``'s alive list as registered so far: valid entries only, first entry per rank wins."""
+    return parse_alive(";".join(board.entries(key(epoch, "alive"))))
+
+
+def current_epoch(board: Board) -> int:
+    """The newest membership epoch any member recorded (the ``epoch`` log only grows)."""
+    return max((int(e) for e in board.entries(key("epoch")) if e.isdigit()), default=0)
+
+
+def members_of(board: Board, epoch: int) -> list[int] | None:
+    """The members of ``epoch`` as recorded (``None`` until recorded)."""
+    raw = board.first(key(epoch, "members"))
+    return None if raw is None else parse_ids(raw)
+
+
+def grow_of(board: Board, epoch: int) -> tuple[int, list[int]] | None:
+    """``epoch``'s planned growth ``(step, ids)``, or ``None``."""
+    raw = board.first(key(epoch, "grow"))
+    return None if raw is None else parse_grow(raw)
+
+
+def final_of(board: Board, epoch: int) -> dict[int, int] | None:
+    """``epoch``'s closed alive list, or ``None`` while it is open."""
+    raw = board.first(key(epoch, "final"))
+    return None if raw is None else parse_alive(raw)
+
+
 def close_list(
-    store: dist.Store, epoch: int, expected: list[int], join_window: timedelta, joiners: bool = False
+    board: Board, epoch: int, expected: list[int], join_window: timedelta, joiners: bool = False
 ) -> dict[int, int]:
     """Wait until ``epoch``'s alive list can close, close it (first closer wins) and return it.
 
@@ -101,35 +127,35 @@ def close_list(
     :data:`SUSPECT_GRACE_SECONDS`, or when ``join_window`` has passed. A rank marked busy
     (``epoch/busy/<r>``: alive, blocked in a set-up collective until the group's timeout) is waited
     for until it registers or dies, at most a second ``join_window``. With ``joiners`` the ids of
-    ``epoch/grow`` (when set) are expected as well.
+    ``epoch/grow`` (when set) are expected as well. Only tagged values count (:class:`Board`).
     """
     deadline = time.monotonic() + join_window.total_seconds()
     grace = min(SUSPECT_GRACE_SECONDS, join_window.total_seconds())
     suspected_since: dict[int, float] = {}
-    final_key, grow_key = key(epoch, "final"), key(epoch, "grow")
-    while not store.check([final_key]):
-        raw = store.get(key(epoch, "alive"))
-        alive = parse_alive(raw)
+    while (final := final_of(board, epoch)) is None:
+        alive = alive_of(board, epoch)
         wanted = list(expected)
-        if joiners and store.check([grow_key]):
-            wanted += [j for j in parse_grow(store.get(grow_key))[1] if j not in wanted]
+        grow = grow_of(board, epoch) if joiners else None
+        if grow is not None:
+            wanted += [j for j in grow[1] if j not in wanted]
         now = time.monotonic()
         settled, busy = 0, False
         for r in wanted:
-            if r in alive or store.check([key("dead", r)]):
+            if r in alive or board.has(key("dead", r)):
                 settled += 1
-            elif store.check([key(epoch, "busy", r)]):
+            elif board.has(key(epoch, "busy", r)):
                 busy = True  # alive: registers once its collective times out
-            elif store.check([key(epoch, "suspect", r)]):
+            elif board.has(key(epoch, "suspect", r)):
                 # Timeouts cascade: a live rank blocked behind a stalled one is suspected by its
                 # own neighbours too. It registers as soon as it is aborted; give it the grace.
                 if now - suspected_since.setdefault(r, now) >= grace:
                     settled += 1
         if settled >= len(wanted) or now > deadline + (join_window.total_seconds() if busy else 0.0):
-            store.compare_set(final_key, "", raw)  # the first to close wins; others read it
-            break
+            # The first valid closing entry wins; every rank reads the same one.
+            board.post(key(epoch, "final"), "".join(f"{r}:{s};" for r, s in alive.items()))
+            continue
         time.sleep(POLL_SECONDS)
-    return parse_alive(store.get(final_key))
+    return final
 
 
 def next_members(previous: list[int], final: dict[int, int]) -> tuple[list[int], list[int]]:
@@ -138,49 +164,48 @@ def next_members(previous: list[int], final: dict[int, int]) -> tuple[list[int],
     return [r for r in previous if r in final] + joined, joined
 
 
-def wait_for_admission(store: dist.Store, my_id: int, join_window: timedelta) -> Agreement:
+def wait_for_admission(board: Board, my_id: int, join_window: timedelta) -> Agreement:
     """A joiner: request admission, wait until a membership change admits it, return that change.
 
     Polls the current epoch's ``grow`` key; once it names ``my_id``, registers in that epoch's alive
     list and waits for it to close. Not in the closed list (registered too late, or the change was
     a failure that closed first): waits for the next epoch. Blocks until admitted.
     """
-    store.append(key("join"), f"{my_id};")
+    board.post(key("join"), str(my_id))
     while True:
-        e = int(store.get(key("epoch")).decode())
-        grow_key = key(e, "grow")
-        if store.check([grow_key]) and my_id in parse_grow(store.get(grow_key))[1]:
-            store.append(key(e, "alive"), f"{my_id}:-1;")
-            while not store.check([key(e, "final")]):
+        e = current_epoch(board)
+        grow = grow_of(board, e)
+        if grow is not None and my_id in grow[1]:
+            board.post(key(e, "alive"), f"{my_id}:-1")
+            while (final := final_of(board, e)) is None:
                 time.sleep(POLL_SECONDS)
-            final = parse_alive(store.get(key(e, "final")))
             if my_id in final:
-                previous = parse_ids(store.get(key(e, "members")))
+                previous = members_of(board, e)
+                if previous is None:  # recorded by the members before they planned the growth
+                    raise RuntimeError(f"saddle_torch: epoch {e} admitted this process but has no members")
                 members, joined = next_members(previous, final)
                 departed = [r for r in previous if r not in final]
                 steps = max(final.values())
                 return Agreement(e + 1, members, departed, steps, joined, previous)
-            while int(store.get(key("epoch")).decode()) == e:  # the others move to e + 1 first
+            while current_epoch(board) == e:  # the others move to e + 1 first
                 time.sleep(POLL_SECONDS)
             continue
         time.sleep(POLL_SECONDS)
 
 
 class Membership:
-    """This rank's view of the membership; ``store`` is a client of the launcher's store.
+    """This rank's view of the membership; ``board`` holds the tagged values on the launcher's store.
 
     Args:
-        store: the launcher's TCPStore (a client connection of this rank's own).
+        board: the launcher's store (a client connection of this rank's own) with the job's signer.
         original_rank: this process's rank at launch (stable across membership changes).
         members: original ranks of the current epoch, in rank order.
         join_window: how long :meth:`agree` waits for members that neither registered nor are known
             dead or suspected.
     """
 
-    def __init__(
-        self, store: dist.Store, original_rank: int, members: list[int], join_window: timedelta
-    ) -> None:
-        self.store = store
+    def __init__(self, board: Board, original_rank: int, members: list[int], join_window: timedelta) -> None:
+        self.board = board
         self.original_rank = original_rank
         self.members = list(members)
         self.epoch = 0
@@ -194,12 +219,12 @@ class Membership:
     def report(self, reason: str, suspects: list[int] = ()) -> None:  # type: ignore[assignment]
         """Mark the current epoch broken (first reason wins) and record suspected original ranks."""
         for r in suspects:
-            self.store.set(key(self.epoch, "suspect", r), reason)
-        self.store.compare_set(key(self.epoch, "broken"), "", reason)
+            self.board.put(key(self.epoch, "suspect", r), reason)
+        self.board.post(key(self.epoch, "broken"), reason)
 
     def broken(self) -> bool:
         """Whether some rank (or the launcher) marked the current epoch broken."""
-        return self.store.check([key(self.epoch, "broken")])
+        return self.board.first(key(self.epoch, "broken")) is not None
 
     def agree(self, completed_steps: int, joiners: bool = False) -> Agreement:
         """Register as alive in the current epoch and return the agreed members of the next one.
@@ -212,9 +237,9 @@ class Membership:
         Raises:
             FencedError: the membership closed without this rank (it was dropped while stalled).
         """
-        e, store = self.epoch, self.store
-        store.append(key(e, "alive"), f"{self.original_rank}:{completed_steps};")
-        final = close_list(store, e, self.members, self.join_window, joiners)
+        e, board = self.epoch, self.board
+        board.post(key(e, "alive"), f"{self.original_rank}:{completed_steps}")
+        final = close_list(board, e, self.members, self.join_window, joiners)
         if self.original_rank not in final:
             raise FencedError(
                 f"saddle_torch: rank {self.original_rank} was dropped from the job at membership epoch {e} "
@@ -224,8 +249,9 @@ class Membership:
         previous = self.members
         members, joined = next_members(previous, final)
         departed = [r for r in previous if r not in final]
-        store.compare_set(key(e + 1, "members"), "", ",".join(map(str, members)))  # for joiners
-        store.compare_set(key("epoch"), str(e), str(e + 1))  # the launcher's and joiners' view
+        if members_of(board, e + 1) is None:  # for joiners and the launcher; the first entry counts
+            board.post(key(e + 1, "members"), ",".join(map(str, members)))
+        board.post(key("epoch"), str(e + 1))  # the launcher's and joiners' view
         self.epoch, self.members = e + 1, members
         steps = max(v for r, v in final.items() if r in previous)
         return Agreement(e + 1, members, departed, steps, joined, previous)
@@ -234,8 +260,13 @@ class Membership:
 __all__ = [
     "Agreement",
     "Membership",
+    "alive_of",
     "close_list",
+    "current_epoch",
+    "final_of",
+    "grow_of",
     "key",
+    "members_of",
     "next_members",
     "parse_alive",
     "parse_grow",

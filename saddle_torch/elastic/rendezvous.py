@@ -17,30 +17,32 @@ import logging
 import time
 from datetime import timedelta
 
-import torch.distributed as dist
-
 from saddle_torch.comm import form_epoch_group
+from saddle_torch.elastic.board import Board, SignedStore
 from saddle_torch.elastic.membership import POLL_SECONDS, Agreement, Membership, key, parse_ids
 
 log = logging.getLogger("saddle_torch.elastic")
 
 
-def form_group(store: dist.Store, epoch: int, rank: int, size: int, timeout: timedelta) -> None:
+def form_group(board: Board, epoch: int, rank: int, size: int, timeout: timedelta) -> None:
     """Make the Gloo group of membership ``epoch`` (store prefix ``<epoch>/pg/``) the default group.
 
     Collective among the epoch's members; the previous default group, if any, is destroyed first.
+    The members' addresses are tagged (:class:`~saddle_torch.elastic.board.SignedStore`): an address
+    a process without the secret wrote fails the group (``AuthenticationError``), never connects to it.
     """
-    form_epoch_group(store, key(epoch, "pg") + "/", rank, size, timeout)
+    form_epoch_group(SignedStore(board.store, board.signer), key(epoch, "pg") + "/", rank, size, timeout)
 
 
-def _launch_group(store: dist.Store, rank: int, world: int, timeout: timedelta) -> str | None:
+def _launch_group(board: Board, rank: int, world: int, timeout: timedelta) -> str | None:
     """Form epoch 0's group once every launch rank is ready; ``None``, or why it could not be formed."""
-    store.append(key(0, "ready"), f"{rank};")
+    board.post(key(0, "ready"), str(rank))
     deadline = time.monotonic() + timeout.total_seconds()
     while True:
-        if store.check([key(0, "broken")]):
-            return store.get(key(0, "broken")).decode()
-        ready = set(parse_ids(store.get(key(0, "ready"))))
+        broken = board.first(key(0, "broken"))
+        if broken is not None:
+            return broken
+        ready = {i for r in board.entries(key(0, "ready")) for i in parse_ids(r)}
         if len(ready) >= world:
             break
         if time.monotonic() > deadline:
@@ -50,23 +52,21 @@ def _launch_group(store: dist.Store, rank: int, world: int, timeout: timedelta) 
     # Blocked in Gloo's connect (no abort reaches it) until the group forms or the timeout: if a
     # membership change starts meanwhile, it waits for this rank (membership.close_list).
     busy = key(0, "busy", rank)
-    store.set(busy, "1")
+    board.put(busy)
     try:
-        form_group(store, 0, rank, world, timeout)
+        form_group(board, 0, rank, world, timeout)
     except RuntimeError as err:  # a rank died while the group formed (DistStoreError, Gloo's errors)
         return f"rank {rank}: forming the launch group failed: {str(err).splitlines()[0][:300]}"
     finally:
-        store.delete_key(busy)
+        board.delete(busy)
     return None
 
 
-def start_job(
-    store: dist.Store, rank: int, world: int, timeout: timedelta
-) -> tuple[Membership, list[Agreement]]:
+def start_job(board: Board, rank: int, world: int, timeout: timedelta) -> tuple[Membership, list[Agreement]]:
     """Form the job's first group; the default process group is its group on return.
 
     Args:
-        store: a client of the launcher's store.
+        board: a client of the launcher's store, with the job's signer.
         rank: this process's launch rank.
         world: the number of ranks at launch.
         timeout: how long to wait for the other ranks to reach ``init()``, and the group's timeout.
@@ -78,8 +78,8 @@ def start_job(
     Raises:
         FencedError: this rank came after the others had gone on without it.
     """
-    membership = Membership(store, rank, list(range(world)), timeout)
-    reason = _launch_group(store, rank, world, timeout)
+    membership = Membership(board, rank, list(range(world)), timeout)
+    reason = _launch_group(board, rank, world, timeout)
     if reason is None:
         return membership, []
     membership.report(reason)
@@ -88,7 +88,7 @@ def start_job(
         agreement = membership.agree(0)  # FencedError propagates
         changes.append(agreement)
         try:
-            form_group(store, agreement.epoch, agreement.members.index(rank), len(agreement.members), timeout)
+            form_group(board, agreement.epoch, agreement.members.index(rank), len(agreement.members), timeout)
         except RuntimeError as err:  # a survivor died while the new group formed: agree again
             membership.report(f"rank {rank}: forming epoch {agreement.epoch} failed: {err}")
             continue

@@ -12,7 +12,7 @@ from saddle_torch.compression import Compression
 from saddle_torch.elastic.membership import Agreement
 from saddle_torch.elastic.rendezvous import start_job
 from saddle_torch.elastic.repair import repair
-from saddle_torch.elastic.runtime import JOIN_ENV, ElasticRuntime, connect_store, join_job
+from saddle_torch.elastic.runtime import JOIN_ENV, ElasticRuntime, connect_board, join_job
 from saddle_torch.gossip import GossipContext
 
 
@@ -24,23 +24,23 @@ def init_elastic(
     Under ``python -m saddle_torch.run``: forms the launch group (or a smaller one when a rank died
     before it formed), or — in a process started to join a running job — waits for admission.
     """
-    store = connect_store(timeout)
+    board = connect_board(timeout)
     membership = admitted = None
     changes: list[Agreement] = []
     if os.environ.get(JOIN_ENV):  # started by the launcher to join a running job (--restarts, --join)
-        topo, membership, admitted = join_job(store, topology, weights, timeout)
+        topo, membership, admitted = join_job(board, topology, weights, timeout)
     elif is_initialized():  # the caller formed the launch group itself
         topo = _topology.resolve(topology, group_size(world()), weights)
     else:  # the launch group, or a smaller one if a rank died before it formed
         size = int(os.environ["WORLD_SIZE"])
-        membership, changes = start_job(store, int(os.environ["RANK"]), size, timeout)
+        membership, changes = start_job(board, int(os.environ["RANK"]), size, timeout)
         topo = _topology.resolve(topology, size, weights)
         for change in changes:
             topo = repair(topology, topo, [change.previous.index(r) for r in change.members], weights)
     ctx = GossipContext(world(), topo, timeout, compression)
     ctx.elastic = ElasticRuntime(
         ctx,
-        store,
+        board,
         topology,
         weights,
         join_window=timeout,

@@ -6,6 +6,9 @@ buffers (BatchNorm statistics), the wrapped optimizer's state (momentum, Adam mo
 rate of every group) and the algorithm's own buffers (QGM's m̂, QG-Adam's moments). What does not:
 state tied to the graph (CHOCO's public copies, per-link error feedback), which every member starts
 afresh at a membership change as well, and the round counters.
+
+The message carries an HMAC tag under the job secret over the epoch, the joiner's id and the bytes
+(:class:`~saddle_torch.elastic.auth.Signer`); the joiner checks it before it loads anything.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from saddle_torch.comm import Door
+from saddle_torch.elastic.auth import TAG_BYTES, Signer
+from saddle_torch.errors import AuthenticationError
 from saddle_torch.topology import Topology
 
 if TYPE_CHECKING:
@@ -79,22 +84,67 @@ def load_state(rt: SaddleRuntime, state: dict[str, Any], steps: int) -> None:
     rt.step = steps
 
 
-def send_state(rt: SaddleRuntime, dst: int, door: Door) -> None:
-    """Send :func:`state_of` to rank ``dst`` of ``door``'s group (which calls :func:`recv_state`)."""
+def state_key(epoch: int, joiner: int) -> str:
+    """What a state message's tag binds it to: the epoch that admits the joiner, and the joiner's id."""
+    return f"state/{epoch}/{joiner}"
+
+
+def pack_state(rt: SaddleRuntime) -> bytes:
+    """:func:`state_of` ``rt``, serialised."""
     buf = io.BytesIO()
     torch.save(state_of(rt), buf)
-    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    return buf.getvalue()
+
+
+def send_bytes(data: bytes, dst: int, door: Door, signer: Signer, epoch: int, joiner: int) -> int:
+    """Send ``data`` and its tag to rank ``dst`` (process ``joiner``, admitted at ``epoch``); bytes sent."""
+    tag = signer.tag(state_key(epoch, joiner), data)
+    payload = torch.frombuffer(bytearray(data + tag), dtype=torch.uint8)
     what = f"sending the model and optimizer state to joining rank {dst}"
-    door.send(torch.tensor([data.numel()], dtype=torch.int64), dst, tag=TAG, what=what)
-    door.send(data, dst, tag=TAG, what=what)
+    door.send(torch.tensor([payload.numel()], dtype=torch.int64), dst, tag=TAG, what=what)
+    door.send(payload, dst, tag=TAG, what=what)
+    return 8 + payload.numel()
 
 
-def recv_state(src: int, door: Door) -> dict[str, Any]:
-    """Receive what rank ``src`` of ``door``'s group sends with :func:`send_state`."""
+def send_state(rt: SaddleRuntime, dst: int, door: Door, signer: Signer, epoch: int, joiner: int) -> int:
+    """Send :func:`state_of` to rank ``dst`` of ``door``'s group (which calls :func:`recv_state`).
+
+    ``joiner`` is that rank's process id and ``epoch`` the epoch that admits it (both in the tag).
+    Returns the bytes sent.
+    """
+    return send_bytes(pack_state(rt), dst, door, signer, epoch, joiner)
+
+
+def recv_state(src: int, door: Door, signer: Signer, epoch: int, joiner: int) -> tuple[dict[str, Any], int]:
+    """Receive what rank ``src`` of ``door``'s group sends with :func:`send_state`: ``(state, bytes)``.
+
+    Raises:
+        AuthenticationError: the message's tag does not verify (tampered, or from another job or
+            admission); nothing of it is loaded.
+    """
     what = f"receiving the model and optimizer state from rank {src}"
-    size = door.recv(torch.zeros(1, dtype=torch.int64), src, tag=TAG, what=what)
-    data = door.recv(torch.empty(int(size), dtype=torch.uint8), src, tag=TAG, what=what)
-    return torch.load(io.BytesIO(data.numpy().tobytes()), weights_only=True)
+    size = int(door.recv(torch.zeros(1, dtype=torch.int64), src, tag=TAG, what=what))
+    if size < TAG_BYTES:
+        raise AuthenticationError(
+            f"saddle_torch: the state message from rank {src} is too short to carry a tag ({size} bytes)"
+        )
+    raw = door.recv(torch.empty(size, dtype=torch.uint8), src, tag=TAG, what=what).numpy().tobytes()
+    data, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
+    if not signer.verify(state_key(epoch, joiner), data, tag):
+        raise AuthenticationError(
+            f"saddle_torch: the model and optimizer state received from rank {src} failed its integrity "
+            f"check (HMAC under the job secret, epoch {epoch}, process {joiner}): refused, nothing loaded"
+        )
+    return torch.load(io.BytesIO(data), weights_only=True), 8 + size
 
 
-__all__ = ["donor_of", "load_state", "recv_state", "send_state", "state_of"]
+__all__ = [
+    "donor_of",
+    "load_state",
+    "pack_state",
+    "recv_state",
+    "send_bytes",
+    "send_state",
+    "state_key",
+    "state_of",
+]

@@ -34,6 +34,7 @@ class Recovery(Protocol):
     behind: int
     joining: Any
     history: list[Any]
+    last_checkpoint: Any  # (path, step) of this rank's last saddle_torch.save_checkpoint, or None
 
     def recover(self, exc: BaseException, completed_steps: int) -> Any:
         """Agree on the survivors after ``exc`` and rebuild the context on them (collective)."""

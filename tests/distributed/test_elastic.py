@@ -251,6 +251,7 @@ def _transfer_rank(rank: int, world: int, algorithm: str) -> dict[str, Any]:
 
     import saddle_torch as st
     from saddle_torch.elastic import transfer
+    from saddle_torch.elastic.auth import Signer
 
     st.init(topology="ring")
     torch.manual_seed(0)
@@ -275,12 +276,29 @@ def _transfer_rank(rank: int, world: int, algorithm: str) -> dict[str, Any]:
         opt.step(closure)
     rt = opt.saddle
     before = [p.detach().clone() for p in model.parameters()]
-    if rank == 0:
-        transfer.send_state(rt, 1, st.gossip.current().door)
+    door, signer = st.gossip.current().door, Signer(b"0123456789abcdef", "job")
+    refused, after_refused = [], None
+    if rank == 0:  # a tampered message, one tagged for another process, then the genuine one
+        data = transfer.pack_state(rt)
+        bad = bytearray(data + signer.tag(transfer.state_key(5, 1), data))
+        bad[len(data) // 2] ^= 1  # one bit flipped on the way
+        door.send(torch.tensor([len(bad)], dtype=torch.int64), 1, tag=transfer.TAG, what="tampered")
+        door.send(torch.frombuffer(bad, dtype=torch.uint8), 1, tag=transfer.TAG, what="tampered")
+        transfer.send_bytes(data, 1, door, signer, 5, joiner=2)  # replayed to the wrong admission
+        transfer.send_state(rt, 1, door, signer, 5, joiner=1)
     elif rank == 1:
-        transfer.load_state(rt, transfer.recv_state(0, st.gossip.current().door), steps=123)
+        for _ in range(2):
+            try:
+                transfer.recv_state(0, door, signer, 5, 1)
+            except st.AuthenticationError as e:
+                refused.append(str(e))
+        after_refused = [p.detach().clone() for p in model.parameters()]
+        state, _ = transfer.recv_state(0, door, signer, 5, 1)
+        transfer.load_state(rt, state, steps=123)
     state = transfer.state_of(rt)
     return {
+        "refused": refused,
+        "after_refused": after_refused,
         "before": before,
         "params": [p.detach().clone() for p in model.parameters()],
         "buffers": {n: b.clone() for n, b in model.named_buffers()},
@@ -293,7 +311,7 @@ def _transfer_rank(rank: int, world: int, algorithm: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("algorithm", ["q-saddle", "n-saddle"])
 def test_joiner_receives_the_donors_model_optimizer_and_algorithm_state(algorithm: str) -> None:
-    """transfer over real Gloo: after the load, rank 1 holds exactly rank 0's state.
+    """Over real Gloo: after the load, rank 1 holds exactly rank 0's state; tampered state is refused.
 
     4 ranks on a ring (a pair would average to identical models at every step, proving nothing).
     """
@@ -302,6 +320,9 @@ def test_joiner_receives_the_donors_model_optimizer_and_algorithm_state(algorith
 
     out = run_ranks(_transfer_rank, 4, algorithm, timeout=120)
     donor, joiner = out[0], out[1]
+    # A flipped bit and a message tagged for another process are refused before anything is loaded.
+    assert len(joiner["refused"]) == 2 and all("failed its integrity check" in m for m in joiner["refused"])
+    assert all(torch.equal(a, b) for a, b in zip(joiner["before"], joiner["after_refused"], strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(donor["before"], joiner["before"])), (
         "ranks never differed"
     )
@@ -363,16 +384,19 @@ def test_new_process_joins_a_running_job(tmp_path: Path) -> None:
     proc = _launch(tmp_path, "--step-seconds", "0.03")
     assert proc.stdout is not None
     lines = []
-    address = None
+    address = secret = None
     for line in proc.stdout:  # "saddle_torch.run: 8 workers, store at 127.0.0.1:PORT", then progress
         lines.append(line)
         if "store at" in line:
             address = line.rsplit(" ", 1)[-1].strip()
+        if "generated the job secret in" in line:  # no --secret-file: the launcher wrote one
+            secret = line.rsplit(" ", 1)[-1].strip(")\n")
         if line.startswith("step 100:"):  # join a job that has trained for a while
             break
-    assert address is not None, "".join(lines)
+    assert address is not None and secret is not None, "".join(lines)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "saddle_torch.run", "--join", address, "--nproc", "1", str(EXAMPLE), *DATA]
+    cmd = [sys.executable, "-m", "saddle_torch.run", "--join", address, "--secret-file", secret]
+    cmd += ["--nproc", "1", str(EXAMPLE), *DATA]
     joiner = subprocess.Popen(
         [*cmd, "--out", str(tmp_path), "--timeout", str(TIMEOUT), "--step-seconds", "0.03"],
         cwd=ROOT,
@@ -410,10 +434,12 @@ def test_two_machines_survive_a_kill_and_restart_across_hosts(
     from saddle_torch.testing.cluster import Cluster
 
     lines: list[str] = []
+    secret = tmp_path / "job.secret"  # both machines hold the same secret
+    secret.write_text("two-machines-test-secret-0123456789\n")
 
     def argv(node: int) -> list[str]:
         cmd = [sys.executable, "-m", "saddle_torch.run", "--nnodes", "2", "--node-rank", str(node)]
-        cmd += ["--nproc", "4", "--host", c.addresses[0], "--port", "29650"]
+        cmd += ["--nproc", "4", "--host", c.addresses[0], "--port", "29650", "--secret-file", str(secret)]
         cmd += ["--restarts", "1"] if node == 1 else []
         cmd += [str(EXAMPLE), *DATA, "--out", str(tmp_path), "--timeout", str(TIMEOUT)]
         return [*cmd, "--kill", "5@100", "--step-seconds", "0.03"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import torch
@@ -104,11 +105,18 @@ def test_donor_is_the_joiners_lowest_surviving_neighbour() -> None:
     )  # no surviving neighbour
 
 
-def _closing(store: dist.Store, expected: list[int], window: float) -> tuple[dict[int, int], float]:
+def _board() -> Any:
+    from saddle_torch.elastic.auth import Signer
+    from saddle_torch.elastic.board import Board
+
+    return Board(dist.HashStore(), Signer(b"0123456789abcdef", "job"))
+
+
+def _closing(board: Any, expected: list[int], window: float) -> tuple[dict[int, int], float]:
     from saddle_torch.elastic.membership import close_list
 
     t0 = time.monotonic()
-    final = close_list(store, 0, expected, timedelta(seconds=window))
+    final = close_list(board, 0, expected, timedelta(seconds=window))
     return final, time.monotonic() - t0
 
 
@@ -116,28 +124,29 @@ def test_the_list_waits_for_a_busy_rank_until_it_registers() -> None:
     """A rank marked busy (blocked in a set-up collective) is waited for past the join window."""
     from saddle_torch.elastic.membership import key
 
-    store = dist.HashStore()
-    store.append(key(0, "alive"), "0:0;1:0;")
-    store.set(key(0, "busy", 2), "1")
-    threading.Timer(1.5, store.append, args=(key(0, "alive"), "2:0;")).start()  # after the window
-    final, waited = _closing(store, [0, 1, 2], window=1.0)
+    board = _board()
+    board.post(key(0, "alive"), "0:0")
+    board.post(key(0, "alive"), "1:0")
+    board.put(key(0, "busy", 2))
+    threading.Timer(1.5, board.post, args=(key(0, "alive"), "2:0")).start()  # after the window
+    final, waited = _closing(board, [0, 1, 2], window=1.0)
     assert final == {0: 0, 1: 0, 2: 0} and waited >= 1.5
 
 
 def test_a_busy_rank_that_never_registers_is_dropped_after_two_windows() -> None:
     from saddle_torch.elastic.membership import key
 
-    store = dist.HashStore()
-    store.append(key(0, "alive"), "0:0;")
-    store.set(key(0, "busy", 1), "1")
-    final, waited = _closing(store, [0, 1], window=1.0)
+    board = _board()
+    board.post(key(0, "alive"), "0:0")
+    board.put(key(0, "busy", 1))
+    final, waited = _closing(board, [0, 1], window=1.0)
     assert final == {0: 0} and 2.0 <= waited < 10
 
 
 def test_a_silent_rank_that_is_not_busy_is_dropped_after_one_window() -> None:
     from saddle_torch.elastic.membership import key
 
-    store = dist.HashStore()
-    store.append(key(0, "alive"), "0:0;")
-    final, waited = _closing(store, [0, 1], window=1.0)
+    board = _board()
+    board.post(key(0, "alive"), "0:0")
+    final, waited = _closing(board, [0, 1], window=1.0)
     assert final == {0: 0} and 1.0 <= waited < 2.0  # a busy rank would hold it to 2.0

@@ -15,6 +15,8 @@ import torch.distributed as dist
 
 import saddle_torch as st
 from saddle_torch import _ops
+from saddle_torch.elastic.auth import Signer
+from saddle_torch.elastic.board import Board
 from saddle_torch.elastic.membership import Membership, key
 from saddle_torch.gossip import GossipContext
 from saddle_torch.gossip.registry import Names
@@ -61,9 +63,9 @@ def test_a_mismatched_gossip_name_is_a_saddle_error(ctx: GossipContext) -> None:
 
 
 def test_a_rank_left_out_of_the_membership_is_fenced() -> None:
-    store = dist.HashStore()
-    store.set(key(0, "final"), "1:5;")  # the others closed epoch 0 without rank 0
-    membership = Membership(store, 0, [0, 1], timedelta(seconds=1))
+    board = Board(dist.HashStore(), Signer(b"0123456789abcdef", "job"))
+    board.post(key(0, "final"), "1:5;")  # the others closed epoch 0 without rank 0
+    membership = Membership(board, 0, [0, 1], timedelta(seconds=1))
     exc = _raises(lambda: membership.agree(4), st.FencedError, RuntimeError)
     assert "rank 0 was dropped" in str(exc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
@@ -23,27 +24,33 @@ from saddle_torch.elastic.launcher import _env, parse_args
         ),
         (["--nproc", "2", "--nnodes", "2", "--node-rank", "1", "x.py"], "--nnodes > 1 needs --port"),
         (["--nproc", "2", "--nnodes", "2", "--port", "9", "--join", "h:1", "x.py"], "takes no --nnodes"),
+        (["--nproc", "2", "--join", "h:1", "x.py"], "--join needs the job secret"),
+        (["--nproc", "2", "--nnodes", "2", "--port", "9", "x.py"], "--nnodes > 1 needs the job secret"),
+        (["--nproc", "2", "--secret-file", "/nonexistent/s", "x.py"], "cannot read the job secret file"),
     ],
 )
 def test_bad_command_lines_are_named(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("SADDLE_SECRET", raising=False)
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
 
 
-def test_multi_node_arguments_and_the_script_arguments_stay_apart() -> None:
+def test_multi_node_arguments_and_the_script_arguments_stay_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SADDLE_SECRET", "s" * 16)
     args = parse_args(
         ["--nproc", "4", "--nnodes", "2", "--node-rank", "1", "--port", "29650", "t.py", "--lr", "1"]
     )
     assert (args.nnodes, args.node_rank, args.nproc, args.port) == (2, 1, 4, 29650)
+    assert args.secret == b"s" * 16
     assert args.script == "t.py" and args.args == ["--lr", "1"]
 
 
 def test_worker_environment_on_node_one_of_two() -> None:
     """Rank 5 of 2 x 4: the job's WORLD_SIZE, this machine's LOCAL_RANK/LOCAL_WORLD_SIZE, node 0's store."""
-    env = _env(5, 8, 4, "10.0.0.1", 29650)
+    env = _env(5, 8, 4, "10.0.0.1", 29650, b"s" * 16)
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == (
         "5",
         "8",
@@ -51,7 +58,8 @@ def test_worker_environment_on_node_one_of_two() -> None:
         "4",
     )
     assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("10.0.0.1", "29650")
-    restarted = _env(9, 8, 4, "10.0.0.1", 29650, join=True, replaces=6)  # takes rank 6's local slot
+    assert env["SADDLE_SECRET"] == "s" * 16  # the workers tag and check membership values with it
+    restarted = _env(9, 8, 4, "10.0.0.1", 29650, b"s" * 16, join=True, replaces=6)  # rank 6's local slot
     assert restarted["LOCAL_RANK"] == "2" and restarted["WORLD_SIZE"] == "8"
 
 
@@ -80,4 +88,14 @@ def test_the_store_listens_on_the_host_given_only() -> None:
         client = dist.TCPStore("127.0.0.1", job.port, is_master=False, wait_for_workers=False)
         assert client.get("probe") == b"1"
     finally:
+        if job.secret_path is not None:  # generated: no --secret-file, no SADDLE_SECRET
+            job.secret_path.unlink()
         del job
+
+
+def test_a_short_secret_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weak = tmp_path / "weak.secret"
+    weak.write_text("hunter2\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--nproc", "2", "--secret-file", str(weak), "x.py"])
+    assert "has 7 bytes; use at least 16" in capsys.readouterr().err
