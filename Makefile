@@ -33,6 +33,7 @@ core-test:
 	cmake --build $(CORE_BUILD) -j 2
 	$(CORE_BUILD)/saddle_core_tests --gtest_brief=1
 	$(CORE_BUILD)/decode_fuzz_smoke 5000
+	PYTHON=$(PYTHON) bash buildtools/check_cuda_ops.sh
 
 # The elastic tests train Fashion-MNIST (Debian's dataset-fashion-mnist, about 30 MB).
 py-test: install

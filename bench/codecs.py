@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from saddle_torch import _ops
+from saddle_torch import kernels
 from saddle_torch.compression import Compression
 
 BLOCK = 256
@@ -66,8 +66,8 @@ def _native(comp: Compression, x: torch.Tensor) -> Callable[[torch.Tensor], torc
     out = torch.empty_like(x)
 
     def run(t: torch.Tensor) -> torch.Tensor:
-        _ops.codec_encode_into(comp.native, t, 1, msg)
-        _ops.codec_decode_into(comp.native, msg, 1, out)
+        kernels.codec_encode_into(comp.native, t, 1, msg)
+        kernels.codec_decode_into(comp.native, msg, 1, out)
         return out
 
     return run

@@ -27,21 +27,10 @@ random_regular = _C.random_regular
 from_undirected = _C.from_undirected
 from_matrix = _C.from_matrix
 
-# Fused optimizer kernels on flat buffers.
-sam_norm_sq = _C.sam_norm_sq
-sam_perturb = _C.sam_perturb
-sam_restore = _C.sam_restore
-qgm_direction = _C.qgm_direction
-qgm_buffer_update = _C.qgm_buffer_update
-weighted_sum_ = _C.weighted_sum_
+# Tensor operations are the operator library torch.ops.saddle, registered when _C loads; call them
+# through saddle_torch.kernels (which restores the project's error classes).
+make_codec = _C.make_codec  # a codec object: names the codec and its parameters
 
-# Codecs and compressed gossip.
-make_codec = _C.make_codec
-codec_encode = _C.codec_encode
-codec_decode = _C.codec_decode
-codec_decode_add = _C.codec_decode_add
-codec_encode_into = _C.codec_encode_into
-codec_decode_into = _C.codec_decode_into
 
 # CHOCO state (x̂, s) per gossip name, and the names' codec seeds.
 ChocoStore = _C.ChocoStore

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from saddle_torch import _ops
+from saddle_torch import _ops, kernels
 from saddle_torch.errors import CompressionWarning
 from saddle_torch.topology import Topology
 
@@ -189,8 +189,8 @@ def check_gamma(gamma: float | str) -> float | str:
 def roundtrip(compression: Compression, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """C(x): encode then decode a float32 CPU tensor, as a receiver sees it."""
     flat = x.detach().to("cpu", torch.float32).contiguous().reshape(-1)
-    msg = _ops.codec_encode(compression.native, flat, seed)
-    return _ops.codec_decode(compression.native, msg, flat.numel(), seed).view_as(x)
+    msg = kernels.codec_encode(compression.native, flat, seed)
+    return kernels.codec_decode(compression.native, msg, flat.numel(), seed).view_as(x)
 
 
 def _compress_rows(compression: Compression, v: torch.Tensor, seed: int) -> torch.Tensor:

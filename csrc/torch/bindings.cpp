@@ -9,7 +9,6 @@
 #include "torch/errors.h"
 #include "torch/gossip_engine.h"
 #include "torch/mailbox.h"
-#include "torch/optim_ops.h"
 #include "torch/saddle_backend.h"
 #include "torch/topology_ops.h"
 
@@ -212,37 +211,19 @@ void bind_mailbox(py::module_& m) {
       .def_property_readonly("bytes_received", &st::Mailbox::bytes_received);
 }
 
-void bind_optim(py::module_& m) {
-  using py::arg;
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-  m.def("sam_norm_sq", &st::sam_norm_sq, arg("g"), arg("x") = py::none(), nogil);
-  m.def("sam_perturb", &st::sam_perturb, arg("x"), arg("g"), arg("e"), arg("scale"), arg("adaptive"), nogil);
-  m.def("sam_restore", &st::sam_restore, arg("x"), arg("e"), nogil);
-  m.def("qgm_direction", &st::qgm_direction, arg("g"), arg("m_hat"), arg("x"), arg("beta"), arg("weight_decay"),
-        arg("nesterov"), nogil);
-  m.def("qgm_buffer_update", &st::qgm_buffer_update, arg("m_hat"), arg("x_prev"), arg("x"), arg("mu"), arg("lr"),
-        nogil);
-  m.def("weighted_sum_", &st::weighted_sum_, arg("out"), arg("a"), arg("ys"), arg("b"), nogil);
-}
-
 void bind_codecs(py::module_& m) {
   using py::arg;
   namespace codec = saddle::codec;
   py::class_<codec::Codec, st::CodecPtr>(m, "Codec")
       .def_property_readonly("name", [](const codec::Codec& c) { return codec::codec_name(c.spec().id); })
       .def_property_readonly("unbiased", &codec::Codec::unbiased)
+      .def_property_readonly("bits", [](const codec::Codec& c) { return c.spec().bits; })
+      .def_property_readonly("ratio", [](const codec::Codec& c) { return c.spec().ratio; })
+      .def_property_readonly("block_size", [](const codec::Codec& c) { return c.spec().block_size; })
       .def("encoded_bytes", &codec::Codec::encoded_bytes, arg("n"))
       .def("__repr__", &st::codec_repr);
   m.def("make_codec", &st::make_codec, arg("name"), arg("bits"), arg("ratio"), arg("block_size"));
-  m.def("codec_encode", &st::encode, arg("codec"), arg("x"), arg("seed"), py::call_guard<py::gil_scoped_release>());
-  m.def("codec_decode", &st::decode, arg("codec"), arg("msg"), arg("n"), arg("seed"),
-        py::call_guard<py::gil_scoped_release>());
-  m.def("codec_encode_into", &st::encode_into, arg("codec"), arg("x"), arg("seed"), arg("msg"),
-        py::call_guard<py::gil_scoped_release>());
-  m.def("codec_decode_into", &st::decode_into, arg("codec"), arg("msg"), arg("seed"), arg("out"),
-        py::call_guard<py::gil_scoped_release>());
-  m.def("codec_decode_add", &st::decode_add, arg("codec"), arg("msg"), arg("seed"), arg("alpha"), arg("acc"),
-        py::call_guard<py::gil_scoped_release>());
+  // encode/decode are operators: torch.ops.saddle.codec_* (ops_library.cpp).
 }
 
 void bind_choco(py::module_& m) {
@@ -278,7 +259,6 @@ PYBIND11_MODULE(_C, m) {
   bind_topology(m);
   bind_engine(m);
   bind_mailbox(m);
-  bind_optim(m);
   bind_codecs(m);
   bind_choco(m);
   bind_backend(m);

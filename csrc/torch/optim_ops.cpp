@@ -31,12 +31,54 @@ void for_range(const at::Tensor& t, const F& f) {
 
 }  // namespace
 
+namespace generic {
+
 double sam_norm_sq(const at::Tensor& g, const std::optional<at::Tensor>& x) {
   if (x) check_same(g, *x, "sam_norm_sq");
-  if (!fused(g)) {
-    const at::Tensor v = x ? (*x * g) : g;
-    return v.to(at::kDouble).pow(2).sum().item<double>();
-  }
+  const at::Tensor v = x ? (*x * g) : g;
+  return v.to(at::kDouble).pow(2).sum().item<double>();
+}
+
+void sam_perturb(at::Tensor& x, const at::Tensor& g, at::Tensor& e, double scale, bool adaptive) {
+  check_same(x, g, "sam_perturb");
+  check_same(x, e, "sam_perturb");
+  e.copy_(adaptive ? x * x * g * scale : g * scale);
+  x.add_(e);
+}
+
+void sam_restore(at::Tensor& x, const at::Tensor& e) {
+  check_same(x, e, "sam_restore");
+  x.sub_(e);
+}
+
+void qgm_direction(at::Tensor& g, const at::Tensor& m_hat, const at::Tensor& x, double beta,
+                   double weight_decay, bool nesterov) {
+  check_same(g, m_hat, "qgm_direction");
+  check_same(g, x, "qgm_direction");
+  const at::Tensor d = g + weight_decay * x;
+  const at::Tensor m = beta * m_hat + d;
+  g.copy_(nesterov ? d + beta * m : m);
+}
+
+void qgm_buffer_update(at::Tensor& m_hat, const at::Tensor& x_prev, const at::Tensor& x, double mu, double lr) {
+  check_same(m_hat, x_prev, "qgm_buffer_update");
+  check_same(m_hat, x, "qgm_buffer_update");
+  SADDLE_CHECK_ARG(lr > 0.0, "QGM needs a positive learning rate, got ", lr);
+  m_hat.mul_(mu).add_((x_prev - x) * ((1.0 - mu) / lr));
+}
+
+void weighted_sum_(at::Tensor& out, double a, const std::vector<at::Tensor>& ys, const std::vector<double>& b) {
+  SADDLE_CHECK_ARG(ys.size() == b.size(), "weighted_sum_: ", ys.size(), " tensors but ", b.size(), " weights");
+  for (const auto& y : ys) check_same(out, y, "weighted_sum_");
+  out.mul_(a);
+  for (size_t j = 0; j < ys.size(); ++j) out.add_(ys[j], b[j]);
+}
+
+}  // namespace generic
+
+double sam_norm_sq(const at::Tensor& g, const std::optional<at::Tensor>& x) {
+  if (x) check_same(g, *x, "sam_norm_sq");
+  if (!fused(g)) return generic::sam_norm_sq(g, x);
   return AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "sam_norm_sq", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* xp = x ? x->data_ptr<scalar_t>() : nullptr;
@@ -52,11 +94,7 @@ double sam_norm_sq(const at::Tensor& g, const std::optional<at::Tensor>& x) {
 void sam_perturb(at::Tensor& x, const at::Tensor& g, at::Tensor& e, double scale, bool adaptive) {
   check_same(x, g, "sam_perturb");
   check_same(x, e, "sam_perturb");
-  if (!fused(x)) {
-    e.copy_(adaptive ? x * x * g * scale : g * scale);
-    x.add_(e);
-    return;
-  }
+  if (!fused(x)) return generic::sam_perturb(x, g, e, scale, adaptive);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sam_perturb", [&] {
     scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -67,10 +105,7 @@ void sam_perturb(at::Tensor& x, const at::Tensor& g, at::Tensor& e, double scale
 
 void sam_restore(at::Tensor& x, const at::Tensor& e) {
   check_same(x, e, "sam_restore");
-  if (!fused(x)) {
-    x.sub_(e);
-    return;
-  }
+  if (!fused(x)) return generic::sam_restore(x, e);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sam_restore", [&] {
     scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* ep = e.data_ptr<scalar_t>();
@@ -82,12 +117,7 @@ void qgm_direction(at::Tensor& g, const at::Tensor& m_hat, const at::Tensor& x, 
                    double weight_decay, bool nesterov) {
   check_same(g, m_hat, "qgm_direction");
   check_same(g, x, "qgm_direction");
-  if (!fused(g)) {
-    const at::Tensor d = g + weight_decay * x;
-    const at::Tensor m = beta * m_hat + d;
-    g.copy_(nesterov ? d + beta * m : m);
-    return;
-  }
+  if (!fused(g)) return generic::qgm_direction(g, m_hat, x, beta, weight_decay, nesterov);
   const optim::QgmOptions o{beta, weight_decay, nesterov};
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "qgm_direction", [&] {
     scalar_t* gp = g.data_ptr<scalar_t>();
@@ -101,10 +131,7 @@ void qgm_buffer_update(at::Tensor& m_hat, const at::Tensor& x_prev, const at::Te
   check_same(m_hat, x_prev, "qgm_buffer_update");
   check_same(m_hat, x, "qgm_buffer_update");
   SADDLE_CHECK_ARG(lr > 0.0, "QGM needs a positive learning rate, got ", lr);
-  if (!fused(m_hat)) {
-    m_hat.mul_(mu).add_((x_prev - x) * ((1.0 - mu) / lr));
-    return;
-  }
+  if (!fused(m_hat)) return generic::qgm_buffer_update(m_hat, x_prev, x, mu, lr);
   AT_DISPATCH_FLOATING_TYPES(m_hat.scalar_type(), "qgm_buffer_update", [&] {
     scalar_t* mp = m_hat.data_ptr<scalar_t>();
     const scalar_t* pp = x_prev.data_ptr<scalar_t>();
@@ -116,11 +143,7 @@ void qgm_buffer_update(at::Tensor& m_hat, const at::Tensor& x_prev, const at::Te
 void weighted_sum_(at::Tensor& out, double a, const std::vector<at::Tensor>& ys, const std::vector<double>& b) {
   SADDLE_CHECK_ARG(ys.size() == b.size(), "weighted_sum_: ", ys.size(), " tensors but ", b.size(), " weights");
   for (const auto& y : ys) check_same(out, y, "weighted_sum_");
-  if (!fused(out)) {
-    out.mul_(a);
-    for (size_t j = 0; j < ys.size(); ++j) out.add_(ys[j], b[j]);
-    return;
-  }
+  if (!fused(out)) return generic::weighted_sum_(out, a, ys, b);
   mixing::Coefficients k;
   k.a = a;
   k.b = b;

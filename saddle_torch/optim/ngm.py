@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from saddle_torch import _ops
+from saddle_torch import kernels
 from saddle_torch.flat import BufferKey
 from saddle_torch.optim.mixing import Gossip
 from saddle_torch.optim.ngm_compressed import LinkCodec, NeighbourChoco, check_compression
@@ -182,7 +182,7 @@ class CrossGradients(Phase):
         with torch.no_grad():
             for key, g in rt.flat.grad_buffers.items():
                 g.copy_(g_self[key])
-                _ops.weighted_sum_(
+                kernels.weighted_sum_(
                     g,
                     w_self / total,
                     [self.received[j][key].to(g.device) for j in valid],

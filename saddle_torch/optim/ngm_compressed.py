@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from saddle_torch import _ops
+from saddle_torch import _ops, kernels
 from saddle_torch.comm import crc_of
 from saddle_torch.compression import Compression
 from saddle_torch.flat import BufferKey
@@ -123,7 +123,7 @@ class NeighbourChoco(Phase):
             name = rt.name(key)
             copies = self._copies(rt, key, step)
             delta = x.detach().to("cpu", torch.float32, copy=True).reshape(-1).sub_(copies[rank])
-            msg = _ops.codec_encode(codec, delta, _ops.message_seed(_ops.name_hash(name), step, rank))
+            msg = kernels.codec_encode(codec, delta, _ops.message_seed(_ops.name_hash(name), step, rank))
             recvs = [_message(self.comp, delta.numel()) for _ in ins]
             handle = ctx.engine.exchange([(j, msg) for j in outs], list(zip(ins, recvs, strict=True)))
             self._pending.append((key, step, rank, msg, recvs, handle))
@@ -139,9 +139,9 @@ class NeighbourChoco(Phase):
             name_hash = _ops.name_hash(rt.name(key))
             copies = self._copies(rt, key, step)
             ins = rt.ctx.topology.in_neighbors(rank, step)
-            _ops.codec_decode_add(codec, msg, _ops.message_seed(name_hash, step, rank), 1.0, copies[rank])
+            kernels.codec_decode_add(codec, msg, _ops.message_seed(name_hash, step, rank), 1.0, copies[rank])
             for j, m in zip(ins, recvs, strict=True):
-                _ops.codec_decode_add(codec, m, _ops.message_seed(name_hash, step, j), 1.0, copies[j])
+                kernels.codec_decode_add(codec, m, _ops.message_seed(name_hash, step, j), 1.0, copies[j])
 
     def _mix(self, rt: SaddleRuntime, run: StepRun) -> None:
         """Mix: x ← x + γ Σ_j w_ij (x̂_j − x̂_i)."""
@@ -154,7 +154,7 @@ class NeighbourChoco(Phase):
         for key, x in rt.flat.buffers.items():
             copies = self._copies(rt, key, step)
             delta = torch.zeros_like(copies[rank])
-            _ops.weighted_sum_(
+            kernels.weighted_sum_(
                 delta, 0.0, [copies[j] - copies[rank] for j in ins], [gamma * weights[j] for j in ins]
             )
             with torch.no_grad():
@@ -253,8 +253,8 @@ class LinkCodec:
                     continue
                 e = self.errors.setdefault((key, j), torch.zeros(g.numel(), dtype=torch.float32))
                 v = e + sends[j][key].reshape(-1).to(torch.float32)
-                msg = _ops.codec_encode(codec, v, seed)
-                _ops.codec_decode_add(codec, msg, seed, -1.0, v)  # v − C(v): what is still owed to j
+                msg = kernels.codec_encode(codec, v, seed)
+                kernels.codec_decode_add(codec, msg, seed, -1.0, v)  # v − C(v): what is still owed to j
                 out.append((j, msg))
                 self._pending_errors[(key, j)] = v
             messages[key] = {j: _message(self.comp, g.numel()) for j in outs}
@@ -271,7 +271,7 @@ class LinkCodec:
                     received[j][key] = torch.full(g.shape, math.nan, dtype=g.dtype)
                     continue
                 seed = _ops.message_seed(_ops.name_hash(rt.name(key) + "/cross"), step, j)
-                decoded = _ops.codec_decode(codec, messages[key][j], g.numel(), seed)
+                decoded = kernels.codec_decode(codec, messages[key][j], g.numel(), seed)
                 received[j][key] = decoded.view(g.shape).to(g.dtype)
         return received
 

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from saddle_torch import _ops
+from saddle_torch import kernels
 from saddle_torch.optim.phases import Phase, SaddleRuntime, StepOptions, StepRun
 
 ALTERNATIVES = (
@@ -116,7 +116,7 @@ class QgmSgd(QuasiGlobalMomentum):
         opts, opt = rt.options, rt.optimizer
         for key, g in rt.flat.grad_buffers.items():
             wd = opt.param_groups[key.group].get("weight_decay", 0.0)
-            _ops.qgm_direction(g, self.m_hat[key], rt.flat.buffers[key], opts.beta, wd, opts.nesterov)
+            kernels.qgm_direction(g, self.m_hat[key], rt.flat.buffers[key], opts.beta, wd, opts.nesterov)
         # λx is already in the direction: the wrapped optimizer must not add it again.
         saved = [group.get("weight_decay") for group in opt.param_groups]
         for group in opt.param_groups:
@@ -134,7 +134,7 @@ class QgmSgd(QuasiGlobalMomentum):
         for key, x in rt.flat.buffers.items():
             lr = float(rt.optimizer.param_groups[key.group]["lr"])
             if lr > 0:
-                _ops.qgm_buffer_update(self.m_hat[key], rt.x_prev[key], x, rt.options.mu, lr)
+                kernels.qgm_buffer_update(self.m_hat[key], rt.x_prev[key], x, rt.options.mu, lr)
 
     @override
     def state_dict(self, rt: SaddleRuntime) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from saddle_torch import _ops
+from saddle_torch import kernels
 from saddle_torch.flat import BufferKey, FlatParameters
 from saddle_torch.optim.phases import Closure, Phase, SaddleRuntime, StepOptions, StepRun, evaluate
 
@@ -19,7 +19,7 @@ def perturbation_scale(flat: FlatParameters, rho: float, adaptive: bool) -> floa
     """ρ / (‖g‖ + 1e-12), the norm over all parameters together (ASAM: ‖|x|⊙g‖)."""
     sq = 0.0
     for key, g in flat.grad_buffers.items():
-        sq += _ops.sam_norm_sq(g, flat.buffers[key] if adaptive else None)
+        sq += kernels.sam_norm_sq(g, flat.buffers[key] if adaptive else None)
     return rho / (math.sqrt(sq) + 1e-12)
 
 
@@ -27,13 +27,13 @@ def perturb(flat: FlatParameters, e: dict[BufferKey, torch.Tensor], rho: float, 
     """X ← x + e with e = ρ g/‖g‖ (or ρ x²⊙g/‖|x|⊙g‖), fused; ``e`` receives the perturbation."""
     scale = perturbation_scale(flat, rho, adaptive)
     for key, x in flat.buffers.items():
-        _ops.sam_perturb(x, flat.grad_buffers[key], e[key], scale, adaptive)
+        kernels.sam_perturb(x, flat.grad_buffers[key], e[key], scale, adaptive)
 
 
 def restore(flat: FlatParameters, e: dict[BufferKey, torch.Tensor]) -> None:
     """X ← x − e."""
     for key, x in flat.buffers.items():
-        _ops.sam_restore(x, e[key])
+        kernels.sam_restore(x, e[key])
 
 
 def batchnorm_layers(model: nn.Module | None) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -233,7 +233,7 @@ def test_diverging_compressed_gossip_warns_once_and_auto_gamma_converges() -> No
 def _choco_time_varying(rank: int, world: int, rounds: int, gamma: float) -> dict:
     import torch.distributed as dist
 
-    from saddle_torch import _ops
+    from saddle_torch import _ops, kernels
 
     st.init(topology="one_peer_exponential", timeout=timedelta(seconds=60))
     topo = st.topology.one_peer_exponential(world)
@@ -254,8 +254,11 @@ def _choco_time_varying(rank: int, world: int, rounds: int, gamma: float) -> dic
         seeds = [_ops.message_seed(_ops.name_hash("x"), t, r) for r in range(world)]
         q = torch.stack(
             [
-                _ops.codec_decode(
-                    comp.native, _ops.codec_encode(comp.native, ref[r] - x_hat[k][r], seeds[r]), n, seeds[r]
+                kernels.codec_decode(
+                    comp.native,
+                    kernels.codec_encode(comp.native, ref[r] - x_hat[k][r], seeds[r]),
+                    n,
+                    seeds[r],
                 )
                 for r in range(world)
             ]

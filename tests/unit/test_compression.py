@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saddle_torch as st
-from saddle_torch import _ops
+from saddle_torch import kernels
 from saddle_torch import topology as T
 from saddle_torch.compression import Compression, resolve, roundtrip, simulate_consensus, tune_gamma
 
@@ -57,16 +57,16 @@ def test_topk_keeps_the_largest_entries() -> None:
 def test_corrupted_messages_raise_before_writing() -> None:
     comp = Compression.int8
     x = torch.randn(1000)
-    msg = _ops.codec_encode(comp.native, x, 7)
+    msg = kernels.codec_encode(comp.native, x, 7)
     acc = torch.zeros(1000)
     with pytest.raises(st.CorruptMessageError, match="truncated"):
-        _ops.codec_decode_add(comp.native, msg[:-10].contiguous(), 7, 1.0, acc)
+        kernels.codec_decode_add(comp.native, msg[:-10].contiguous(), 7, 1.0, acc)
     bad = msg.clone()
     bad[20] ^= 0xFF  # element count byte
     with pytest.raises(st.CorruptMessageError):
-        _ops.codec_decode_add(comp.native, bad, 7, 1.0, acc)
+        kernels.codec_decode_add(comp.native, bad, 7, 1.0, acc)
     with pytest.raises(st.CorruptMessageError):
-        _ops.codec_decode_add(Compression.sign.native, msg, 7, 1.0, acc)
+        kernels.codec_decode_add(Compression.sign.native, msg, 7, 1.0, acc)
     assert torch.count_nonzero(acc) == 0
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 import saddle_torch as st
-from saddle_torch import _ops
+from saddle_torch import kernels
 from saddle_torch.elastic.auth import Signer
 from saddle_torch.elastic.board import Board
 from saddle_torch.elastic.membership import Membership, key
@@ -38,9 +38,9 @@ def _raises(fn, kind: type[BaseException], builtin: type[BaseException]) -> Base
 
 def test_a_corrupt_message_from_the_codec_is_a_saddle_error() -> None:
     codec = st.Compression.int8.native
-    msg = _ops.codec_encode(codec, torch.randn(300), 7)
+    msg = kernels.codec_encode(codec, torch.randn(300), 7)
     msg[20] ^= 0xFF  # the element count, under the header's checksum
-    exc = _raises(lambda: _ops.codec_decode(codec, msg, 300, 7), st.CorruptMessageError, RuntimeError)
+    exc = _raises(lambda: kernels.codec_decode(codec, msg, 300, 7), st.CorruptMessageError, RuntimeError)
     assert exc.peer is None and "checksum" in str(exc)
 
 

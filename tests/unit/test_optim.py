@@ -155,13 +155,13 @@ def test_n_saddle_in_a_world_of_one_is_sam() -> None:
 
 
 def test_weighted_sum_is_the_ngm_combination() -> None:
-    from saddle_torch import _ops
+    from saddle_torch import kernels
 
     g = torch.randn(1000, dtype=torch.float64)
     ys = [torch.randn(1000, dtype=torch.float64) for _ in range(3)]
     w = [0.2, 0.3, 0.1]
     expected = 0.4 * g + sum(wi * yi for wi, yi in zip(w, ys))
-    _ops.weighted_sum_(g, 0.4, ys, w)
+    kernels.weighted_sum_(g, 0.4, ys, w)
     assert torch.allclose(g, expected, atol=1e-12)
 
 
