@@ -11,6 +11,8 @@ it: it is then fenced and exits). Under ``--restarts`` a new process replaces a 
 step boundary, receives a neighbour's model and optimizer state, trains on the dead rank's shard from
 the step the job is at. At the end the survivors average their models exactly and rank 0 prints the test
 accuracy; ``--out DIR`` writes ``result.json`` (rank 0) and ``rank<R>.json`` (every survivor) for tests.
+``--step-log DIR`` writes one line per step and process (``steps<ID>.tsv``: wall time, step, group size,
+step seconds, whether the step was skipped to line up) for bench/chaos.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default="sgd",
+        help="the optimizer DistributedOptimizer wraps (adamw: QG-Adam under qgm/q-saddle; try --lr 1e-3)",
+    )
     p.add_argument(
         "--algorithm", default="q-saddle", help="DistributedOptimizer's algorithm (e.g. allreduce)"
     )
@@ -79,6 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--step-seconds", type=float, default=0.0, help="sleep per step (a demo you can watch)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--step-log",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write DIR/steps<ID>.tsv, one line per step of this process (ID: its launch rank or fresh "
+        "id): wall time (time.time()), step, group size after the step, seconds in the step, 1 if the "
+        "step was skipped to line up after a membership change (flushed at once, for bench/chaos.py)",
+    )
     return p.parse_args(argv)
 
 
@@ -120,6 +138,11 @@ def load_fashion_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor
     return x.flatten(1), y, x_test.flatten(1), y_test
 
 
+def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    """The local optimizer: plain SGD, or AdamW (QG-Adam under ``qgm``/``q-saddle``)."""
+    return torch.optim.AdamW(params, lr=lr) if name == "adamw" else torch.optim.SGD(params, lr=lr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train, surviving failures; print and write the averaged model's test accuracy."""
     args = parse_args(argv)
@@ -154,12 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.ddp_hook:  # the DDP port: the hook survives a dead neighbour by itself (no joiners)
         net: nn.Module = nn.parallel.DistributedDataParallel(model)
         net.register_comm_hook(st.hooks.GossipHookState(), st.hooks.gossip_hook)
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+        opt = make_optimizer(args.optimizer, model.parameters(), args.lr)
         first = 0
     else:
         net = model
         opt = st.DistributedOptimizer(
-            torch.optim.SGD(model.parameters(), lr=args.lr), model, algorithm=args.algorithm
+            make_optimizer(args.optimizer, model.parameters(), args.lr), model, algorithm=args.algorithm
         )
         first = opt.saddle.step  # 0, or the step the job was at when this process joined
     if args.out is not None:
@@ -173,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     sample_seed = args.seed if args.sample_seed is None else args.sample_seed
     gen = torch.Generator().manual_seed(sample_seed * 1000 + me)
     slowest, started, first_loss = 0.0, time.monotonic(), None
+    step_log = None
+    if args.step_log is not None:
+        args.step_log.mkdir(parents=True, exist_ok=True)
+        step_log = (args.step_log / f"steps{me}.tsv").open("a", buffering=1)  # a line per step, flushed
     for step in range(first, args.steps):
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -186,14 +213,18 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
             return loss
 
+        skipped = ctx.elastic.behind > 0  # this step only lines up with the others (no gossip)
         t0 = time.monotonic()
         if args.ddp_hook:
             loss = closure()
             opt.step()
         else:
             loss = opt.step(closure)
+        took = time.monotonic() - t0
         first_loss = float(loss.detach()) if first_loss is None else first_loss
-        slowest = max(slowest, time.monotonic() - t0)
+        slowest = max(slowest, took)
+        if step_log is not None:
+            step_log.write(f"{time.time():.3f}\t{step}\t{st.size()}\t{took:.4f}\t{int(skipped)}\n")
         if args.step_seconds:
             time.sleep(args.step_seconds)
         if st.rank() == 0 and (step + 1) % 50 == 0:
@@ -228,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"averaged model of {st.size()} ranks: test accuracy {acc:.2f}%", flush=True)
         if args.out is not None:
             (args.out / "result.json").write_text(json.dumps(result))
+    if step_log is not None:
+        step_log.close()
     st.shutdown()
     dist.destroy_process_group()
 
