@@ -107,10 +107,16 @@ class GossipContext:
         """Move onto a new group (elastic training, after a membership change; collective).
 
         A new door and engine on ``group`` with ``topology``; CHOCO state, residual monitors, gossip
-        handshakes and round counters start afresh, on every member alike. The old engine must be
-        closed.
+        handshakes, round counters and the tuned γ of ``gamma="auto"`` start afresh, on every member
+        alike. The old engine must be closed.
         """
         self.names.forget()
+        # γ="auto" is resolved by a collective the first time a (topology, codec) is met, which each
+        # rank decides from its own table: a joiner's table is empty where the members' is not (ring(8)
+        # again after a kill and a restart), so only the joiner would enter the broadcast and every
+        # round of the grown group would time out, membership change after membership change. Every
+        # member starts the new group with an empty table, so all resolve the same codecs again.
+        self.gammas = GammaTable()
         self._bind(group, topology)
 
     # -- topology -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A small elastic job for the membership tests (run under ``python -m saddle_torch.run``).
 
-    elastic_job.py --out OUT [--steps N] [--kill RANK@STEP] [--checkpoint-every K]
+    elastic_job.py --out OUT [--steps N] [--kill RANK@STEP] [--checkpoint-every K] [--compression C]
 
 Each rank fits a linear model to its own synthetic regression data with q-saddle on a ring
 (``init(elastic=True)``), sleeping 20 ms per step so that a test has time to act while it runs; rank
@@ -34,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--kill", default="-1@-1", metavar="RANK@STEP")
     p.add_argument("--checkpoint-every", type=int, default=0, help="save_checkpoint every K steps (0: never)")
+    p.add_argument("--compression", default=None, help="the gossip codec, e.g. int8 (default: exact)")
     return p.parse_args()
 
 
@@ -80,7 +81,7 @@ def main() -> None:
     """Train; write this rank's record, or its error."""
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = st.init(topology="ring", timeout=timedelta(seconds=10), elastic=True)
+    ctx = st.init(topology="ring", timeout=timedelta(seconds=10), compression=args.compression, elastic=True)
     me = ctx.elastic.original_rank
     (args.out / f"pid{me}").write_text(str(os.getpid()))
     try:

@@ -1,0 +1,40 @@
+"""Defects the chaos harness (bench/chaos.py) found in elastic training, each reproduced by a real job.
+
+Each test runs ``python -m saddle_torch.run`` with real workers over Gloo (tests/distributed/scripts/
+elastic_job.py) in the situation that exposed the defect, and fails the way the defect did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("scripts") / "elastic_job.py"
+
+
+def test_a_restarted_process_joins_a_compressed_job(tmp_path: Path) -> None:
+    """int8 gossip, rank 2 killed, its restart admitted: the grown ring must train on.
+
+    The defect: ``gamma="auto"`` is resolved by a broadcast the first time a (topology, codec) pair is
+    met, decided from each rank's own table. Back at ring(4), the members had it cached and the joiner
+    had not: only the joiner entered the broadcast, every round of the grown group timed out, and the
+    job changed membership to "same members" forever (the launcher had to kill it).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "saddle_torch.run", "--nproc", "4", "--restarts", "1", str(SCRIPT)]
+    cmd += ["--out", str(tmp_path), "--steps", "250", "--kill", "2@60", "--compression", "int8"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "same members" not in log, log[-4000:]
+    ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
+    assert sorted(ranks) == [0, 1, 3, 4], log[-4000:]
+    for r, record in ranks.items():
+        assert record["members"] == [0, 1, 3, 4], (r, log[-4000:])
+        assert record["steps"] == 250
+    assert [h["departed"] for h in ranks[0]["history"]] == [[2], []]
+    assert ranks[4]["state_bytes_received"] > 0 and ranks[0]["state_bytes_sent"] > 0
