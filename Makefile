@@ -110,7 +110,7 @@ study-ablation: install
 	  --configs "q-saddle+rho=0.02,q-saddle+rho=0.1,q-saddle+order=awc"
 
 # The chaos harness (issue 30, item 1; bench/chaos.py): 8 ranks on Fashion-MNIST under two launchers on
-# 127.0.0.1 with --restarts, faults at random times (MTBF 40 s): SIGKILL, SIGSTOP past the timeout, a kill
+# 127.0.0.1 with --restarts, faults at random times (MTBF 35 s): SIGKILL, SIGSTOP past the timeout, a kill
 # during set-up, a kill of a joiner being admitted, two kills within one timeout window, node 1's launcher
 # killed. q-saddle + int8 on one_peer_exponential with AdamW, n-saddle + int8 on a ring, allreduce (3 jobs
 # of 3,000 steps each) and the DDP gossip hook (4 of 1,500: it admits no joiners, so each job loses ranks);
@@ -121,7 +121,7 @@ CHAOS_CONFIGS := q-saddle-int8-ope-adamw@3x3000,n-saddle-int8-ring@3x3000,allred
 chaos: install
 	@[ -d $(FMNIST) ] || { SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
-	$(PYTHON) bench/chaos.py --configs "$(CHAOS_CONFIGS)" --mtbf 40 --min-gap 15 --require-faults 40 \
+	$(PYTHON) bench/chaos.py --configs "$(CHAOS_CONFIGS)" --mtbf 35 --min-gap 15 --require-faults 40 \
 	  --require-each 5 --out runs/chaos $(CHAOS_ARGS)
 
 # Longer decoder fuzzing on demand (libFuzzer + ASan/UBSan; see tests/fuzz/README.md).

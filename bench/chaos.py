@@ -1,4 +1,4 @@
-"""Chaos harness for elastic training (issue 30, item 1): random faults against 8 ranks, every one survived.
+"""Chaos harness for elastic training (issue 30, item 1): random faults against 8 ranks, survival checked.
 
     python bench/chaos.py                                   # short: every configuration, ~4 minutes each
     python bench/chaos.py --configs allreduce --steps 1500  # one configuration
@@ -67,8 +67,8 @@ Measured, per configuration (``report.md`` and ``report.json`` in ``--out``):
 - the slowest step after each fault (any process, any step that ended between the fault and the next
   one) and how long until the group was back at 8.
 - the final accuracy of the averaged model against an uninterrupted run of the same configuration,
-  steps and seed (one launcher, unpaced: the synchronous job computes the same models at any pace; run
-  once per configuration and kept in ``<out>/<config>/reference-*.json``).
+  steps and seed (one launcher, unpaced: the synchronous job computes the same models at any pace and
+  launcher layout; kept in ``<out>/<config>/reference-*.json``, reused with ``--reuse-reference``).
 
 The run exits non-zero on a hang, a fault not survived, an accuracy more than ``--max-drop`` points
 below the uninterrupted run, or fewer faults than ``--require-faults`` / ``--require-each`` per kind.
@@ -1061,12 +1061,16 @@ def job_args(
     ]
 
 
-def reference(config: Config, opts: Options, out: Path) -> dict[str, Any]:
-    """The uninterrupted run of ``config`` (same steps and seed; one launcher of 8, unpaced), cached."""
+def reference(config: Config, opts: Options, out: Path, *, reuse: bool = False) -> dict[str, Any]:
+    """The uninterrupted run of ``config`` (same steps and seed; one launcher of 8, unpaced).
+
+    Written to ``out/reference-<steps>-seed<seed>.json``; with ``reuse``, an earlier run's file of the
+    same command line is read instead (the code may have changed since: off by default).
+    """
     cache = out / f"reference-{opts.steps}-seed{opts.seed}.json"
     argv = [sys.executable, "-m", "saddle_torch.run", "--nproc", str(WORLD)]
     argv += job_args(config, opts.steps, 0.0, opts.timeout, opts.seed, out / "reference")
-    if cache.exists():
+    if reuse and cache.exists():
         cached = json.loads(cache.read_text())
         if cached.get("argv") == argv:
             return cached
@@ -1332,6 +1336,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reference-accuracy", type=float, default=None, help="skip the uninterrupted run: its accuracy"
     )
     p.add_argument("--no-reference", action="store_true", help="no uninterrupted run, no accuracy check")
+    p.add_argument(
+        "--reuse-reference", action="store_true", help="read an earlier uninterrupted run of the same command"
+    )
     p.add_argument("--require-faults", type=int, default=0, help="fail with fewer faults injected in all")
     p.add_argument("--require-each", type=int, default=0, help="fail unless every kind survived this often")
     p.add_argument("--out", type=Path, default=d.out, help="report and logs (default runs/chaos)")
@@ -1432,7 +1439,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         ref = args.reference_accuracy
         if ref is None and not args.no_reference:
-            ref = reference(config, opts, folder)["accuracy"]
+            ref = reference(config, opts, folder, reuse=args.reuse_reference)["accuracy"]
         row = summarize(config.name, mine, ref, args.max_drop)
         rows.append(row)
         episodes += mine
