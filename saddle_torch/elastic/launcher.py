@@ -245,6 +245,7 @@ class _Job:
             self.launch_size = len(_launch_members(self))  # WORLD_SIZE: at launch
         self.procs: dict[int, subprocess.Popen] = {}
         self.joiners: set[int] = set()
+        self.stopped: set[int] = set()  # joiners this launcher stopped itself (the job had ended)
 
     def start(self, rank: int, join: bool = False, replaces: int | None = None) -> None:
         a = self.args
@@ -330,6 +331,8 @@ def _supervise(job: _Job) -> int:
                     continue
                 del running[r]
                 codes[r] = code
+                if r in job.stopped:  # never admitted, stopped at the end of the job: not a failure
+                    continue
                 if code != 0:
                     what = f"rank {r} {_describe(code)}"
                     note = ""
@@ -365,11 +368,13 @@ def _supervise(job: _Job) -> int:
         )
         while not _job_ended(job):
             time.sleep(0.2)
-    failed = {r: c for r, c in codes.items() if c != 0}
+    failed = {r: c for r, c in codes.items() if c != 0 and r not in job.stopped}
     ok = sorted(r for r, c in codes.items() if c == 0)
     summary = f"saddle_torch.run: ranks {ok} finished"
     if failed:
         summary += "; " + ", ".join(f"rank {r} {_describe(c)}" for r, c in sorted(failed.items()))
+    if job.stopped:
+        summary += f"; process(es) {sorted(job.stopped)} stopped before they were admitted"
     print(summary, file=sys.stderr, flush=True)
     if ok:
         return 0
@@ -410,6 +415,7 @@ def _stop_orphans(job: _Job, running: dict[int, subprocess.Popen], since: float 
                     f"saddle_torch.run: stopping process {r}: the job it waits to join has ended",
                     file=sys.stderr,
                 )
+                job.stopped.add(r)
                 p.terminate()
     return since
 

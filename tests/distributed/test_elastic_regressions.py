@@ -38,3 +38,20 @@ def test_a_restarted_process_joins_a_compressed_job(tmp_path: Path) -> None:
         assert record["steps"] == 250
     assert [h["departed"] for h in ranks[0]["history"]] == [[2], []]
     assert ranks[4]["state_bytes_received"] > 0 and ranks[0]["state_bytes_sent"] > 0
+
+
+def test_a_joiner_stopped_at_the_end_of_the_job_is_not_restarted(tmp_path: Path) -> None:
+    """A rank dies just before the end: its restart is never admitted and the launcher stops it.
+
+    The defect: the launcher took its own SIGTERM of that process for a failure and restarted it, then
+    stopped the new one, and so on until ``--restarts`` ran out (a restart storm at every job's end).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "saddle_torch.run", "--nproc", "4", "--restarts", "5", str(SCRIPT)]
+    cmd += ["--out", str(tmp_path), "--steps", "120", "--kill", "3@115"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert log.count("started process") == 1 and "stopping process 4:" in log, log[-4000:]
+    assert "process(es) [4] stopped before they were admitted" in log
+    assert "rank 4 was killed" not in log
