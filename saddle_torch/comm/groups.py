@@ -81,10 +81,25 @@ def form_epoch_group(store: dist.Store, prefix: str, rank: int, size: int, timeo
     Raises ``RuntimeError`` (Gloo's or the store's) when a member does not come.
     """
     if dist.is_initialized():
-        dist.destroy_process_group()
-    dist.init_process_group(
-        "gloo", store=dist.PrefixStore(prefix, store), rank=rank, world_size=size, timeout=timeout
-    )
+        dist.destroy_process_group()  # also resets torch's counter of group names
+    try:
+        dist.init_process_group(
+            "gloo", store=dist.PrefixStore(prefix, store), rank=rank, world_size=size, timeout=timeout
+        )
+    except BaseException:
+        # A failed init_process_group has taken a group name from torch's counter (the default group is
+        # "0", then "1", ...; only destroying a default group resets it) and the store keys of the next
+        # group carry it: this process's next group would be "1" where a fresh process (a joiner) uses
+        # "0", and the two never meet. Give the name back.
+        _reset_group_names()
+        raise
+
+
+def _reset_group_names() -> None:
+    """Put torch's counter of unnamed groups back to 0, as ``destroy_process_group`` of WORLD does."""
+    world_state = getattr(dist.distributed_c10d, "_world", None)
+    if world_state is not None and not dist.is_initialized():
+        world_state.group_count = 0
 
 
 def new_gloo_backend(store: dist.Store, rank: int, size: int, timeout: timedelta) -> Any:

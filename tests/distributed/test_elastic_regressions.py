@@ -55,3 +55,42 @@ def test_a_joiner_stopped_at_the_end_of_the_job_is_not_restarted(tmp_path: Path)
     assert log.count("started process") == 1 and "stopping process 4:" in log, log[-4000:]
     assert "process(es) [4] stopped before they were admitted" in log
     assert "rank 4 was killed" not in log
+
+
+def _group_after_a_failed_one(rank: int, world: int) -> float:
+    import os as _os
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from saddle_torch.comm.groups import form_epoch_group
+
+    port = int(_os.environ["MASTER_PORT"])
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timedelta(seconds=60))
+    if rank == 0:  # a member whose last group failed to form (a peer died meanwhile)
+        try:
+            form_epoch_group(store, "epoch1/", 0, 3, timedelta(seconds=2))  # rank 2 never comes
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the group of 3 formed without its third member")
+    # rank 1 is a fresh process (a joiner): both form the next epoch's group together
+    form_epoch_group(store, "epoch2/", rank, world, timedelta(seconds=20))
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    dist.destroy_process_group()
+    return float(t)
+
+
+def test_a_group_forms_after_a_failed_one_with_a_fresh_process() -> None:
+    """After a failed group formation a member must still meet a joiner in the next group.
+
+    The defect: a failed ``init_process_group`` advanced torch's counter of group names, so the member's
+    next group put its Gloo addresses under group "1" while the fresh joiner looked under "0"; the
+    joiner timed out, the launcher restarted it, and so on (a hang of the chaos run).
+    """
+    from harness import run_ranks
+
+    out = run_ranks(_group_after_a_failed_one, 2, timeout=120)
+    assert out == {0: 2.0, 1: 2.0}
