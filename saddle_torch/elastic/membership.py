@@ -12,8 +12,10 @@ rank is its position). When a rank fails a gossip round, or learns that another 
    its connection closed) for 3 s without registering, or when the join window has passed. A
    member still setting up (between ``init()`` and its optimizer: its main thread may sit in a
    Gloo collective such as ``broadcast_parameters``, which no abort reaches and which ends only at
-   the group's timeout) is marked ``e/busy/<rank>`` by its watcher thread; the list waits for it to
-   register for up to a second join window. A stalled process cannot mark itself (its watcher is
+   the group's timeout) is marked ``e/busy/<rank>`` by its watcher thread, and so is a member
+   forming the new epoch's group (Gloo's connect, which no abort reaches either, waits up to 5
+   timeouts for a member that died after publishing its address); the list waits for it to register
+   for up to :data:`BUSY_WINDOWS` more join windows. A stalled process cannot mark itself (its watcher is
    stopped too), so a SIGSTOPped rank still gets 3 s.
    Closing appends the list as it stands to the log ``e/final``: the first valid entry wins and
    every rank reads the same one, so all survivors agree on the members of ``e + 1`` without a
@@ -47,6 +49,11 @@ from saddle_torch.errors import FencedError
 
 POLL_SECONDS = 0.05
 SUSPECT_GRACE_SECONDS = 3.0  # how long a suspected (not known dead) rank has to register
+# How many join windows past the first a busy rank is waited for. A rank blocked in Gloo's connect
+# to a member that died after publishing its address gives up only after 5 timeouts (measured with
+# torch 2.13 for timeouts of 3, 5 and 10 s, with and without GLOO_DISABLE_CONNECTION_RETRIES;
+# docs/errors.md): it started forming no later than the rank that closes the list.
+BUSY_WINDOWS = 5
 
 
 def parse_alive(raw: bytes | str) -> dict[int, int]:
@@ -125,9 +132,9 @@ def close_list(
 
     Closes when every rank of ``expected`` registered or is known dead (``dead/<r>``) or suspected for
     :data:`SUSPECT_GRACE_SECONDS`, or when ``join_window`` has passed. A rank marked busy
-    (``epoch/busy/<r>``: alive, blocked in a set-up collective until the group's timeout) is waited
-    for until it registers or dies, at most a second ``join_window``. With ``joiners`` the ids of
-    ``epoch/grow`` (when set) are expected as well. Only tagged values count (:class:`Board`).
+    (``epoch/busy/<r>``: alive, blocked in a set-up collective or in forming the group) is waited for
+    until it registers or dies, for at most :data:`BUSY_WINDOWS` more join windows. With ``joiners``
+    the ids of ``epoch/grow`` (when set) are expected as well. Only tagged values count (:class:`Board`).
     """
     deadline = time.monotonic() + join_window.total_seconds()
     grace = min(SUSPECT_GRACE_SECONDS, join_window.total_seconds())
@@ -150,9 +157,13 @@ def close_list(
                 # own neighbours too. It registers as soon as it is aborted; give it the grace.
                 if now - suspected_since.setdefault(r, now) >= grace:
                     settled += 1
-        if settled >= len(wanted) or now > deadline + (join_window.total_seconds() if busy else 0.0):
-            # The first valid closing entry wins; every rank reads the same one.
-            board.post(key(epoch, "final"), "".join(f"{r}:{s};" for r, s in alive.items()))
+        extra = BUSY_WINDOWS * join_window.total_seconds() if busy else 0.0
+        if settled >= len(wanted) or now > deadline + extra:
+            # The first valid closing entry wins; every rank reads the same one. A rank that
+            # registered and died since (the launcher saw it exit) is left out: the group would wait
+            # for it.
+            closing = {r: s for r, s in alive.items() if not board.has(key("dead", r))}
+            board.post(key(epoch, "final"), "".join(f"{r}:{s};" for r, s in closing.items()))
             continue
         time.sleep(POLL_SECONDS)
     return final

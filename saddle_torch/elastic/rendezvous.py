@@ -13,6 +13,7 @@ mid-training, and form epoch 1's group instead. A rank that reaches ``init()`` a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -24,14 +25,28 @@ from saddle_torch.elastic.membership import POLL_SECONDS, Agreement, Membership,
 log = logging.getLogger("saddle_torch.elastic")
 
 
-def form_group(board: Board, epoch: int, rank: int, size: int, timeout: timedelta) -> None:
+def form_group(board: Board, epoch: int, members: list[int], me: int, timeout: timedelta) -> None:
     """Make the Gloo group of membership ``epoch`` (store prefix ``<epoch>/pg/``) the default group.
 
-    Collective among the epoch's members; the previous default group, if any, is destroyed first.
-    The members' addresses are tagged (:class:`~saddle_torch.elastic.board.SignedStore`): an address
-    a process without the secret wrote fails the group (``AuthenticationError``), never connects to it.
+    Collective among the epoch's ``members`` (original ids, in rank order; ``me`` is this process's).
+    The previous default group, if any, is destroyed first. The members' addresses are tagged
+    (:class:`~saddle_torch.elastic.board.SignedStore`): an address a process without the secret wrote
+    fails the group (``AuthenticationError``), never connects to it.
+
+    While it forms, this process is marked ``<epoch>/busy/<me>``: Gloo's connect cannot be aborted and
+    a member that dies meanwhile holds the others there for 5 timeouts (measured), while those that
+    dialled it fail at once. When those start the next membership change, they wait for this process
+    to register (:func:`~saddle_torch.elastic.membership.close_list`) instead of closing the list
+    without it.
     """
-    form_epoch_group(SignedStore(board.store, board.signer), key(epoch, "pg") + "/", rank, size, timeout)
+    busy = key(epoch, "busy", me)
+    board.put(busy)
+    try:
+        store = SignedStore(board.store, board.signer)
+        form_epoch_group(store, key(epoch, "pg") + "/", members.index(me), len(members), timeout)
+    finally:
+        with contextlib.suppress(Exception):  # a store that is gone fails the caller's next call
+            board.delete(busy)
 
 
 def _launch_group(board: Board, rank: int, world: int, timeout: timedelta) -> str | None:
@@ -49,16 +64,10 @@ def _launch_group(board: Board, rank: int, world: int, timeout: timedelta) -> st
             missing = sorted(set(range(world)) - ready)
             return f"rank {rank}: rank(s) {missing} did not reach init() within the timeout ({timeout})"
         time.sleep(POLL_SECONDS)
-    # Blocked in Gloo's connect (no abort reaches it) until the group forms or the timeout: if a
-    # membership change starts meanwhile, it waits for this rank (membership.close_list).
-    busy = key(0, "busy", rank)
-    board.put(busy)
     try:
-        form_group(board, 0, rank, world, timeout)
+        form_group(board, 0, list(range(world)), rank, timeout)
     except RuntimeError as err:  # a rank died while the group formed (DistStoreError, Gloo's errors)
         return f"rank {rank}: forming the launch group failed: {str(err).splitlines()[0][:300]}"
-    finally:
-        board.delete(busy)
     return None
 
 
@@ -88,7 +97,7 @@ def start_job(board: Board, rank: int, world: int, timeout: timedelta) -> tuple[
         agreement = membership.agree(0)  # FencedError propagates
         changes.append(agreement)
         try:
-            form_group(board, agreement.epoch, agreement.members.index(rank), len(agreement.members), timeout)
+            form_group(board, agreement.epoch, agreement.members, rank, timeout)
         except RuntimeError as err:  # a survivor died while the new group formed: agree again
             membership.report(f"rank {rank}: forming epoch {agreement.epoch} failed: {err}")
             continue

@@ -361,10 +361,12 @@ class ElasticRuntime:
         with self._lock:
             ctx.engine.abort("membership change")
             ctx.engine.close()  # a broken engine keeps its Gloo group alive: never joins a dead peer
-        rank, size = agreement.members.index(self.original_rank), len(agreement.members)
-        form_group(self.board, agreement.epoch, rank, size, ctx.timeout)
-        with self._lock:
-            ctx.rebind(groups.world(), topo)
+        form_group(self.board, agreement.epoch, agreement.members, self.original_rank, ctx.timeout)
+        # Not under the lock: rebind's first collective (the topology's digest) waits for every new
+        # member, and when one dies now, only the watcher can mark this rank busy meanwhile (the
+        # others would close the next list without it). The epoch changed first, so the watcher
+        # never aborts the new engine for the old epoch's break.
+        ctx.rebind(groups.world(), topo)
 
     def _donate(self, agreement: Agreement) -> None:
         """Send every joiner whose donor this rank is the model, optimizer and algorithm state."""
@@ -413,7 +415,7 @@ def join_job(
         doc = json.loads(raw)
         published = (doc["graph"], doc["name"])
     topo = joined_topology(spec, n, weights, published)
-    form_group(board, admitted.epoch, admitted.members.index(my_id), n, timeout)
+    form_group(board, admitted.epoch, admitted.members, my_id, timeout)
     membership = Membership(board, my_id, admitted.members, timeout)
     membership.epoch = admitted.epoch
     return topo, membership, admitted

@@ -44,20 +44,27 @@ class GossipHandle:
     snapshot: torch.Tensor | None = None  # staged copy before mixing: wait() adds the mixing delta
     monitor: tuple[ResidualMonitor, torch.Tensor, torch.Tensor] | None = None  # compressed: (monitor, x, x̂)
     _done: bool = field(default=False)
+    error: BaseException | None = field(default=None)  # what wait() raised: the round is over, unmixed
 
     def wait(self) -> torch.Tensor:
         """Complete the round and return the averaged tensor.
 
         Raises:
             PeerError: a neighbour died or stalled past the timeout.
-            CorruptMessageError: a compressed message failed validation.
+            CorruptMessageError: a compressed message failed validation (again on every later call).
         """
+        if self.error is not None:
+            raise self.error
         if not self._done and isinstance(self.round, LowRankRound):
             # Added to the tensor as it is now (it may have moved since start: AWC's snapshot form).
             self.round.wait(self.result)
             self._done = True
         if not self._done:
-            self.engine.finish(self.round)
+            try:
+                self.engine.finish(self.round)
+            except BaseException as err:
+                self.error = err
+                raise
             if self.monitor is not None:
                 monitor, x, x_hat = self.monitor
                 monitor.observe(x, x_hat)

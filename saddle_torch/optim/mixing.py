@@ -91,7 +91,8 @@ class Gossip(Phase):
             self._start(rt, run, snapshot=False)
         handles, run.handles = run.handles, {}
         for handle in handles.values():
-            handle.wait()
+            if handle.error is None:  # one that raised in commit is over; complete the others
+                handle.wait()
 
 
 class ExactAverage(Phase):

@@ -94,3 +94,30 @@ def test_a_group_forms_after_a_failed_one_with_a_fresh_process() -> None:
 
     out = run_ranks(_group_after_a_failed_one, 2, timeout=120)
     assert out == {0: 2.0, 1: 2.0}
+
+
+def test_a_second_death_while_the_survivors_connect_fences_nobody(tmp_path: Path) -> None:
+    """Rank 3 dies; rank 1 dies right after publishing its address for the survivors' new group.
+
+    The defect: the ranks that dialled rank 1 failed at once and started the next membership change,
+    while those waiting for rank 1 to dial them sat in Gloo's connect for 5 timeouts (no abort reaches
+    it). They were not marked busy, so the others closed the list after one window without them and
+    the live ranks 2 and 5 were fenced (2 of 6 ranks went on). Now every rank forming a group is marked
+    busy and the list waits for busy ranks for up to 5 more windows. When rank 1 dies just after the
+    group formed, the ranks that are not its neighbours wait in the new group's first collective;
+    that ran under the lock the watcher takes, so nobody marked them busy (fenced, 1 run in 5 on a
+    loaded machine): it runs outside the lock now.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "saddle_torch.run", "--nproc", "6", str(SCRIPT), "--out", str(tmp_path)]
+    cmd += ["--steps", "80", "--kill", "3@40", "--kill-forming", "1@1@0", "--timeout", "3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "FencedError" not in log and not list(tmp_path.glob("*.error")), log[-4000:]
+    ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
+    assert sorted(ranks) == [0, 2, 4, 5], log[-4000:]
+    for r, record in ranks.items():
+        assert record["members"] == [0, 2, 4, 5] and record["steps"] == 80, (r, log[-4000:])
+        # epoch 1 (without 3) never formed; epoch 2 is the first group after it, without 1 too
+        assert [(h["epoch"], h["departed"]) for h in record["history"]] == [(2, [1])], (r, log[-4000:])

@@ -1,10 +1,13 @@
 """A small elastic job for the membership tests (run under ``python -m saddle_torch.run``).
 
-    elastic_job.py --out OUT [--steps N] [--kill RANK@STEP] [--checkpoint-every K] [--compression C]
+    elastic_job.py --out OUT [--steps N] [--kill RANK@STEP] [--kill-forming RANK@EPOCH]
+                   [--checkpoint-every K] [--compression C] [--timeout S]
 
 Each rank fits a linear model to its own synthetic regression data with q-saddle on a ring
 (``init(elastic=True)``), sleeping 20 ms per step so that a test has time to act while it runs; rank
-``RANK`` SIGKILLs itself at ``STEP`` (a real membership change). Every rank writes ``OUT/pid<id>`` at
+``RANK`` SIGKILLs itself at ``STEP`` (a real membership change); with ``--kill-forming`` rank ``RANK``
+SIGKILLs itself ``SECONDS`` after it published its address for the group of membership epoch ``EPOCH``
+(a second failure while the survivors of the first connect). Every rank writes ``OUT/pid<id>`` at
 start, ``OUT/step<id>`` (its completed steps) after every step and, when it finishes,
 ``OUT/rank<id>.json``: its membership history, members, and the bytes of model and optimizer state it
 sent to and received from joining processes. A rank that fails writes
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import signal
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +37,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--kill", default="-1@-1", metavar="RANK@STEP")
+    p.add_argument("--kill-forming", default="-1@-1@0", metavar="RANK@EPOCH@SECONDS")
     p.add_argument("--checkpoint-every", type=int, default=0, help="save_checkpoint every K steps (0: never)")
+    p.add_argument("--timeout", type=float, default=10.0, help="the group's timeout in seconds")
     p.add_argument("--compression", default=None, help="the gossip codec, e.g. int8 (default: exact)")
     return p.parse_args()
 
@@ -77,11 +83,36 @@ def train(args: argparse.Namespace, ctx: st.GossipContext) -> dict[str, object]:
     }
 
 
+def die_while_forming(rank: int, epoch: int, delay: float) -> None:
+    """If this is ``rank``: SIGKILL it ``delay`` s after it published its address for epoch ``epoch``'s group.
+
+    The address is in the store, so the others start connecting to a process that is gone: the ranks
+    that dial it fail at once, those it was to dial wait for Gloo's connect timeout.
+    """
+    from saddle_torch.elastic import rendezvous
+
+    if int(os.environ.get("RANK", "-1")) != rank:
+        return
+    marker = f"/{epoch}/pg/"
+
+    class DyingStore(rendezvous.SignedStore):
+        def set(self, key: str, value: bytes | str) -> None:  # noqa: D102
+            super().set(key, value)
+            if marker in key:
+                threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+
+    rendezvous.SignedStore = DyingStore
+
+
 def main() -> None:
     """Train; write this rank's record, or its error."""
     args = parse_args()
+    rank, epoch, delay = args.kill_forming.split("@")
+    die_while_forming(int(rank), int(epoch), float(delay))
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = st.init(topology="ring", timeout=timedelta(seconds=10), compression=args.compression, elastic=True)
+    ctx = st.init(
+        topology="ring", timeout=timedelta(seconds=args.timeout), compression=args.compression, elastic=True
+    )
     me = ctx.elastic.original_rank
     (args.out / f"pid{me}").write_text(str(os.getpid()))
     try:
