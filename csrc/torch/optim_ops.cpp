@@ -6,18 +6,12 @@
 #include "core/mixing.h"
 #include "core/optim/qgm.h"
 #include "core/optim/sam.h"
+#include "torch/tensor_checks.h"
 
 namespace saddle::torch_ext {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;
-
-void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
-  SADDLE_CHECK_ARG(a.numel() == b.numel() && a.scalar_type() == b.scalar_type() && a.device() == b.device(),
-                   what, ": tensors differ in size, dtype or device (", a.numel(), " ", a.scalar_type(), " ",
-                   a.device(), " vs ", b.numel(), " ", b.scalar_type(), " ", b.device(), ")");
-  SADDLE_CHECK_ARG(a.is_contiguous() && b.is_contiguous(), what, ": tensors must be contiguous");
-}
 
 // The fused C++ kernels cover float32/float64 on the CPU; anything else runs the same math in ATen.
 bool fused(const at::Tensor& t) {

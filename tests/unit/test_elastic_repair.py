@@ -151,3 +151,15 @@ def test_a_silent_rank_that_is_not_busy_is_dropped_after_one_window() -> None:
     board.post(key(0, "alive"), "0:0")
     final, waited = _closing(board, [0, 1], window=1.0)
     assert final == {0: 0} and 1.0 <= waited < 2.0  # a busy rank would hold it to 2.0
+
+
+def test_a_rank_that_registered_and_died_is_left_out_of_the_closed_list() -> None:
+    """Registered alive, then the launcher saw it exit: the next group must not wait for it."""
+    from saddle_torch.elastic.membership import key
+
+    board = _board()
+    board.post(key(0, "alive"), "0:5")
+    board.post(key(0, "alive"), "1:5")
+    board.put(key("dead", 1))
+    final, waited = _closing(board, [0, 1], window=5.0)
+    assert final == {0: 5} and waited < 1.0

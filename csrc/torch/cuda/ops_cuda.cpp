@@ -17,6 +17,7 @@
 #include "cuda/optim.h"
 #include "torch/ops_library.h"
 #include "torch/optim_ops.h"
+#include "torch/tensor_checks.h"
 
 namespace saddle::torch_ext::op {
 namespace {
@@ -26,12 +27,6 @@ bool on_device(const at::Tensor& t) {
 }
 
 cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
-
-void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
-  SADDLE_CHECK_ARG(a.numel() == b.numel() && a.scalar_type() == b.scalar_type() && a.device() == b.device(),
-                   what, ": tensors differ in size, dtype or device");
-  SADDLE_CHECK_ARG(a.is_contiguous() && b.is_contiguous(), what, ": tensors must be contiguous");
-}
 
 double cuda_sam_norm_sq(const at::Tensor& g, const std::optional<at::Tensor>& x) {
   return translated([&]() -> double {
