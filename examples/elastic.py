@@ -76,8 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="RANK@STEP",
-        help="SIGKILL RANK at STEP (STEP 'start': before the optimizer is set up; 'init': before "
-        "saddle_torch.init(), while the job forms)",
+        help="SIGKILL RANK at STEP (STEP 'start': before the optimizer is set up; 'wrap': after "
+        "broadcast_parameters, while the others wrap the model; 'init': before saddle_torch.init(), "
+        "while the job forms)",
     )
     p.add_argument(
         "--stop",
@@ -102,13 +103,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 START = -1  # RANK@start: before broadcast_parameters, while the others set up
 INIT = -2  # RANK@init: before saddle_torch.init(), while the others form the job's group
+WRAP = -3  # RANK@wrap: after broadcast_parameters, while the others build DDP or the optimizer
 
 
 def _at(specs: list[str], rank: int) -> int | None:
     for spec in specs:
         r, s = spec.split("@")
         if int(r) == rank:
-            return {"start": START, "init": INIT}.get(s) or int(s)
+            return {"start": START, "init": INIT, "wrap": WRAP}.get(s) or int(s)
     return None
 
 
@@ -174,9 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(x.shape[1], 64), nn.ReLU(), nn.Linear(64, 10))
     st.broadcast_parameters(model.state_dict(), root_rank=0)  # a joiner: nothing (its state comes next)
+    if kill_at == WRAP:
+        os.kill(os.getpid(), signal.SIGKILL)
     if args.ddp_hook:  # the DDP port: the hook survives a dead neighbour by itself (no joiners)
-        net: nn.Module = nn.parallel.DistributedDataParallel(model)
-        net.register_comm_hook(st.hooks.GossipHookState(), st.hooks.gossip_hook)
+        # DDP + the gossip hook; a rank lost while DDP sets up is survived too (docs/port_ddp.md)
+        net: nn.Module = st.hooks.distributed_data_parallel(model)
         opt = make_optimizer(args.optimizer, model.parameters(), args.lr)
         first = 0
     else:

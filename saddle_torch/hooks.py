@@ -235,4 +235,48 @@ def _post(
     return state._survive(future, buffer) if elastic else future
 
 
-__all__ = ["GossipHookState", "gossip_hook"]
+def distributed_data_parallel(
+    module: torch.nn.Module, state: GossipHookState | None = None, **ddp_options: Any
+) -> torch.nn.parallel.DistributedDataParallel:
+    """``DistributedDataParallel(module, **ddp_options)`` with :func:`gossip_hook` registered.
+
+    The same as the two lines of docs/port_ddp.md, except under ``init(elastic=True)``: DDP's
+    constructor runs Gloo collectives of its own on the default group (the parameter-shape check and
+    the broadcast of the module's state), and a rank that dies meanwhile makes them fail on every other
+    rank with Gloo's ``RuntimeError``, ending the job. Here they go through the context's door: the
+    survivors agree on the new membership and build the DDP model again on the new group (its state
+    check and broadcast run again there). Use it for elastic DDP-hook jobs.
+
+    Args:
+        module: the model (on the device DDP should use).
+        state: the hook's configuration (default: :class:`GossipHookState()`).
+        **ddp_options: DDP's own options, e.g. ``bucket_cap_mb``; not ``process_group`` (the
+            default group is the current membership's).
+
+    Raises:
+        ValueError: ``process_group`` given.
+        PeerError: a rank died while DDP was built and the job is not elastic.
+        FencedError: elastic, and the others went on without this rank.
+    """
+    if "process_group" in ddp_options:
+        raise ValueError(
+            "distributed_data_parallel() builds DDP on the default group (the current membership's "
+            "under init(elastic=True)); drop process_group="
+        )
+    ctx = current()
+    while True:
+        try:
+            net = ctx.door.run(
+                lambda: torch.nn.parallel.DistributedDataParallel(module, **ddp_options),
+                what="DistributedDataParallel's set-up",
+            )
+            break
+        except PeerError as exc:
+            if ctx.elastic is None:
+                raise
+            ctx.elastic.recover(exc, 0)  # FencedError if the others went on without this rank
+    net.register_comm_hook(state if state is not None else GossipHookState(), gossip_hook)
+    return net
+
+
+__all__ = ["GossipHookState", "distributed_data_parallel", "gossip_hook"]

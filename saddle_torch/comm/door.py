@@ -94,6 +94,14 @@ class Door:
         with self._through(what):
             return fn()
 
+    def run(self, fn: Callable[[], T], *, what: str) -> T:
+        """``fn()``, whose collectives on this door's group someone else issues (DDP's constructor).
+
+        Its transport failures become ``PeerError`` and the process counts as blocked meanwhile, as for
+        this door's own collectives.
+        """
+        return self._call(what, fn)
+
     # -- collectives ----------------------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, *, what: str) -> torch.Tensor:
         """Sum ``tensor`` over the group, in place (CPU tensors)."""

@@ -124,19 +124,28 @@ def test_sigkill_under_allreduce_the_ddp_hook_and_low_rank_gossip(tmp_path: Path
     bucket rounds keep their local values and the survivors regroup at the next iteration. Low-rank
     gossip on one_peer_exponential: the per-edge factors start afresh on the repaired graph.
     150 steps; uninterrupted runs reach 78.5-78.7% (allreduce, hook) and 79.7% (low rank), measured;
-    the killed ones 78.8-80.5%.
+    the killed ones 78.8-80.5%. Under the hook rank 5 also dies while the others build the DDP model
+    (``st.hooks.distributed_data_parallel``: DDP's own set-up collectives go through the door; with
+    ``DistributedDataParallel(model)`` itself every rank raised Gloo's error there, found by
+    bench/chaos.py).
     """
-    log = _finish(_launch(tmp_path, *mode, "--steps", "150", "--kill", "3@60"))
+    hook = mode[0] == "--ddp-hook"
+    early = ["--kill", "5@wrap"] if hook else []
+    log = _finish(_launch(tmp_path, *mode, "--steps", "150", "--kill", "3@60", *early))
     assert "rank 3 was killed by SIGKILL" in log and "FencedError" not in log, log[-4000:]
     result, ranks = _results(tmp_path)
-    survivors = [r for r in range(8) if r != 3]
+    survivors = [r for r in range(8) if r not in (3, 5 if hook else 3)]
     assert result["members"] == survivors and sorted(ranks) == survivors, log[-3000:]
-    (change,) = result["history"]
+    if hook:
+        first, change = result["history"]
+        assert first["departed"] == [5] and first["steps"] == 0, result["history"]
+    else:
+        (change,) = result["history"]
     assert change["departed"] == [3]
     for r, info in ranks.items():
         assert info["slowest_step_seconds"] < TIMEOUT + 10, (r, info)
         assert info["history"] == result["history"]
-        if mode[0] == "--ddp-hook":
+        if hook:
             assert info["distance_to_mean"] < 0.5, (r, info)  # still gossiping: the ranks stay together
         elif mode is LOWRANK:
             assert info["distance_to_mean"] < 5.0, (r, info)  # rank-1 projections: uninterrupted 3.4
