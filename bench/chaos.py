@@ -1264,6 +1264,27 @@ def parse_config_specs(text: str, episodes: int, steps: int) -> list[tuple[Confi
     return out
 
 
+# The flags that set the Options field of the same name: (flag, type, help; the default is Options').
+TUNING: tuple[tuple[str, type, str], ...] = (
+    ("--step-seconds", float, "sleep per step"),
+    ("--timeout", float, "gossip timeout, seconds"),
+    ("--seed", int, "fault draws; also the training seed"),
+    ("--mtbf", float, "mean seconds between faults"),
+    ("--min-gap", float, "least seconds between faults"),
+    ("--nnodes", int, "launchers, 4 ranks each (1 or 2)"),
+    ("--restarts", int, "each launcher's --restarts"),
+    ("--stop-extra", float, "sigstop holds timeout + this"),
+    ("--setup-delay", float, "setup: kill 0.2..this s after the start"),
+    ("--admit-delay", float, "joiner: kill 0..this s after it asked"),
+    ("--launch-setup", float, "chance of a set-up kill at launch"),
+    ("--launch-window", float, "... within this many s of launch"),
+    ("--quiet-tail", float, "no fault this close to the end (s)"),
+    ("--min-world", int, "least ranks left where none restart"),
+    ("--startup", float, "hang: no first step within this"),
+)
+TUNED = tuple(flag[2:].replace("-", "_") for flag, _, _ in TUNING)  # their Options fields
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The harness's command line."""
     d = Options()
@@ -1278,56 +1299,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--episodes", type=int, default=1, help="jobs per configuration (default 1)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"steps per job (default {d.steps})")
-    p.add_argument(
-        "--step-seconds", type=float, default=d.step_seconds, help="sleep per step (default %(default)s)"
-    )
-    p.add_argument(
-        "--timeout", type=float, default=d.timeout, help="gossip timeout, seconds (default %(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="fault draws; also the training seed (default 0)")
-    p.add_argument(
-        "--mtbf", type=float, default=d.mtbf, help="mean seconds between faults (default %(default)s)"
-    )
-    p.add_argument(
-        "--min-gap", type=float, default=d.min_gap, help="least seconds between faults (default %(default)s)"
-    )
+    for (flag, kind, what), name in zip(TUNING, TUNED, strict=True):
+        p.add_argument(flag, type=kind, default=getattr(d, name), help=f"{what} (default %(default)s)")
     p.add_argument("--kinds", default=",".join(KINDS), help="fault kinds to draw from (default: all)")
     p.add_argument(
-        "--nnodes", type=int, choices=[1, 2], default=d.nnodes, help="launchers (default 2, 4 ranks each)"
-    )
-    p.add_argument(
-        "--restarts", type=int, default=d.restarts, help="each launcher's --restarts (default %(default)s)"
-    )
-    p.add_argument(
-        "--stop-extra",
-        type=float,
-        default=d.stop_extra,
-        help="sigstop holds timeout + this (default %(default)s)",
-    )
-    p.add_argument(
-        "--setup-delay", type=float, default=d.setup_delay, help="setup: kill 0.2..this s after the start"
-    )
-    p.add_argument(
-        "--admit-delay", type=float, default=d.admit_delay, help="joiner: kill 0..this s after it asked"
-    )
-    p.add_argument(
-        "--launch-setup", type=float, default=d.launch_setup, help="chance of a set-up kill at launch"
-    )
-    p.add_argument(
-        "--launch-window", type=float, default=d.launch_window, help="... within this many s of launch"
-    )
-    p.add_argument(
-        "--quiet-tail", type=float, default=d.quiet_tail, help="no fault this close to the end (s)"
-    )
-    p.add_argument("--min-world", type=int, default=d.min_world, help="least ranks left where none restart")
-    p.add_argument(
         "--stall", type=float, default=None, help="hang: no step for this long (default 3 x timeout + 30)"
-    )
-    p.add_argument(
-        "--startup",
-        type=float,
-        default=d.startup,
-        help="hang: no first step within this (default %(default)s)",
     )
     p.add_argument(
         "--max-drop", type=float, default=1.0, help="accuracy points allowed below the uninterrupted run"
@@ -1349,6 +1325,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.kinds = kinds
     if args.mtbf <= args.min_gap:
         p.error("--mtbf must exceed --min-gap")
+    if args.nnodes not in (1, 2):
+        p.error("--nnodes must be 1 or 2")
     return args
 
 
@@ -1396,24 +1374,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, episodes, verdict = [], [], []
     for config, n_episodes, steps in plan:
         opts = Options(
+            **{name: getattr(args, name) for name in TUNED},
             steps=steps,
-            step_seconds=args.step_seconds,
-            timeout=args.timeout,
-            seed=args.seed,
-            mtbf=args.mtbf,
-            min_gap=args.min_gap,
             kinds=args.kinds,
-            nnodes=args.nnodes,
-            restarts=args.restarts,
-            stop_extra=args.stop_extra,
-            setup_delay=args.setup_delay,
-            admit_delay=args.admit_delay,
-            launch_setup=args.launch_setup,
-            launch_window=args.launch_window,
-            quiet_tail=args.quiet_tail,
-            min_world=args.min_world,
             stall=args.stall if args.stall is not None else 3 * args.timeout + 30,
-            startup=args.startup,
             out=args.out,
         )
         folder = args.out / config.name
