@@ -90,27 +90,23 @@ class Door:
             with self._lock:
                 self._blocked -= 1
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def run(self, fn: Callable[[], T], *, what: str) -> T:
+        """``fn()``, a collective on this door's group (the door's own, or DDP's constructor's).
+
+        Its transport failures become ``PeerError``, and the process counts as blocked meanwhile.
+        """
         with self._through(what):
             return fn()
-
-    def run(self, fn: Callable[[], T], *, what: str) -> T:
-        """``fn()``, whose collectives on this door's group someone else issues (DDP's constructor).
-
-        Its transport failures become ``PeerError`` and the process counts as blocked meanwhile, as for
-        this door's own collectives.
-        """
-        return self._call(what, fn)
 
     # -- collectives ----------------------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, *, what: str) -> torch.Tensor:
         """Sum ``tensor`` over the group, in place (CPU tensors)."""
-        self._call(what, lambda: dist.all_reduce(tensor, group=self.group))
+        self.run(lambda: dist.all_reduce(tensor, group=self.group), what=what)
         return tensor
 
     def all_reduce_async(self, tensor: torch.Tensor, *, what: str) -> torch.futures.Future[torch.Tensor]:
         """Start a sum of ``tensor`` over the group; the future holds ``tensor`` or carries ``PeerError``."""
-        work = self._call(what, lambda: dist.all_reduce(tensor, group=self.group, async_op=True))
+        work = self.run(lambda: dist.all_reduce(tensor, group=self.group, async_op=True), what=what)
 
         def done(fut: torch.futures.Future[Any]) -> torch.Tensor:
             try:
@@ -125,27 +121,27 @@ class Door:
     def all_gather(self, tensor: torch.Tensor, *, what: str) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (same shape and dtype on every rank), in rank order."""
         every = [torch.empty_like(tensor) for _ in range(self.size)]
-        self._call(what, lambda: dist.all_gather(every, tensor, group=self.group))
+        self.run(lambda: dist.all_gather(every, tensor, group=self.group), what=what)
         return every
 
     def all_gather_object(self, obj: Any, *, what: str) -> list[Any]:
         """Every rank's picklable ``obj``, in rank order."""
         every: list[Any] = [None] * self.size
-        self._call(what, lambda: dist.all_gather_object(every, obj, group=self.group))
+        self.run(lambda: dist.all_gather_object(every, obj, group=self.group), what=what)
         return every
 
     def broadcast(self, tensor: torch.Tensor, src: int, *, what: str) -> torch.Tensor:
         """``src``'s ``tensor`` into every rank's, in place (CPU tensors)."""
-        self._call(what, lambda: dist.broadcast(tensor, src=src, group=self.group))
+        self.run(lambda: dist.broadcast(tensor, src=src, group=self.group), what=what)
         return tensor
 
     def send(self, tensor: torch.Tensor, dst: int, *, tag: int, what: str) -> None:
         """Send ``tensor`` to rank ``dst`` of the group (blocking)."""
-        self._call(what, lambda: dist.send(tensor, dst, group=self.group, tag=tag))
+        self.run(lambda: dist.send(tensor, dst, group=self.group, tag=tag), what=what)
 
     def recv(self, tensor: torch.Tensor, src: int, *, tag: int, what: str) -> torch.Tensor:
         """Receive into ``tensor`` from rank ``src`` of the group (blocking)."""
-        self._call(what, lambda: dist.recv(tensor, src, group=self.group, tag=tag))
+        self.run(lambda: dist.recv(tensor, src, group=self.group, tag=tag), what=what)
         return tensor
 
     # -- handshakes -----------------------------------------------------------------------------------
